@@ -1,0 +1,90 @@
+"""Weight fillers (Caffe's FillerParameter types).
+
+``fill(filler_param, shape, rng)`` returns a float64 NumPy array; layers copy
+it into their blob's dtype/backend.  fan_in = count / shape[0] and fan_out =
+count / shape[1], as in Caffe.
+"""
+import numpy as np
+
+from .errors import LayerError
+
+FILLERS = {}
+
+
+def filler(name):
+    def wrap(fn):
+        FILLERS[name] = fn
+        return fn
+    return wrap
+
+
+def _fans(shape):
+    count = int(np.prod(shape)) if shape else 1
+    fan_in = count / shape[0] if len(shape) >= 1 and shape[0] else count
+    fan_out = count / shape[1] if len(shape) >= 2 and shape[1] else count
+    return fan_in, fan_out
+
+
+def _n(param, shape):
+    fan_in, fan_out = _fans(shape)
+    norm = param.variance_norm
+    if norm == param.FAN_OUT:
+        return fan_out
+    if norm == param.AVERAGE:
+        return (fan_in + fan_out) / 2.0
+    return fan_in
+
+
+@filler("constant")
+def _constant(param, shape, rng):
+    return np.full(shape, param.value, dtype=np.float64)
+
+
+@filler("uniform")
+def _uniform(param, shape, rng):
+    return rng.uniform(param.min, param.max, size=shape)
+
+
+@filler("gaussian")
+def _gaussian(param, shape, rng):
+    values = rng.normal(param.mean, param.std, size=shape)
+    if param.sparse >= 0:
+        # Keep on average `sparse` non-zero inputs per output (Caffe semantics).
+        if len(shape) < 2:
+            raise LayerError("gaussian filler: sparse needs a blob with at least 2 axes")
+        num_outputs = shape[0]
+        prob = param.sparse / float(num_outputs)
+        values *= rng.random(size=shape) < prob
+    return values
+
+
+@filler("positive_unitball")
+def _positive_unitball(param, shape, rng):
+    values = rng.uniform(0, 1, size=shape)
+    if len(shape) >= 1 and shape[0]:
+        flat = values.reshape(shape[0], -1)
+        flat /= flat.sum(axis=1, keepdims=True)
+        values = flat.reshape(shape)
+    return values
+
+
+@filler("xavier")
+def _xavier(param, shape, rng):
+    scale = np.sqrt(3.0 / _n(param, shape))
+    return rng.uniform(-scale, scale, size=shape)
+
+
+@filler("msra")
+def _msra(param, shape, rng):
+    std = np.sqrt(2.0 / _n(param, shape))
+    return rng.normal(0.0, std, size=shape)
+
+
+def fill(param, shape, rng):
+    """Values for a blob of ``shape`` from a FillerParameter."""
+    try:
+        fn = FILLERS[param.type]
+    except KeyError:
+        raise LayerError(f"unknown filler type '{param.type}'; known: "
+                         f"{', '.join(sorted(FILLERS))}") from None
+    return np.asarray(fn(param, tuple(shape), rng), dtype=np.float64)

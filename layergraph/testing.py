@@ -1,0 +1,131 @@
+"""Test helpers: build a single layer from a prototxt snippet, run it, and
+check its backward pass against central differences (Caffe's GradientChecker).
+
+>>> layer, tops = run_layer('type: "ReLU"', [np.array([[-1.0, 2.0]])])
+>>> tops[0]
+array([[0., 2.]])
+"""
+import numpy as np
+
+from .blob import Blob
+from .layer import layer_class
+from .prototxt import parse_layer
+from .proto import pb
+
+
+def make_layer(spec, phase=pb.TRAIN, seed=0, dtype=np.float64, name="layer"):
+    """A layer built from a LayerParameter prototxt snippet (or message)."""
+    param = parse_layer(spec) if isinstance(spec, str) else spec
+    if not param.name:
+        param.name = name
+    return layer_class(param.type)(param, phase=phase, seed=seed, dtype=dtype)
+
+
+def _blobs(arrays, dtype, prefix):
+    out = []
+    for i, a in enumerate(arrays):
+        b = Blob(np.shape(a), dtype=dtype, name=f"{prefix}{i}")
+        b.data[...] = a
+        out.append(b)
+    return out
+
+
+def setup_layer(layer, bottom_arrays, num_tops=None):
+    """Create bottom/top blobs, run setup + reshape; returns (bottom, top)."""
+    bottom = _blobs(bottom_arrays, layer.dtype, "bottom")
+    n = num_tops if num_tops is not None else max(len(layer.param.top), 1)
+    top = [Blob((), dtype=layer.dtype, name=f"top{i}") for i in range(n)]
+    layer.check_blob_counts(bottom, top)
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    return bottom, top
+
+
+def run_layer(spec, bottom_arrays, num_tops=None, **kw):
+    """Build, set up and forward a layer; returns (layer, [top arrays])."""
+    layer = make_layer(spec, **kw)
+    bottom, top = setup_layer(layer, bottom_arrays, num_tops)
+    layer.forward(bottom, top)
+    return layer, [t.data.copy() for t in top]
+
+
+def check_gradient(layer, bottom, top, check_bottom=None, check_params=True,
+                   stepsize=1e-2, threshold=1e-3, kink=0.0, kink_range=-1.0,
+                   top_index=None, seed=1701):
+    """Compare ``layer.backward`` with central differences.
+
+    The objective is E = sum_i w_i * top_i with fixed random weights w (so every
+    top element gets a distinct gradient).  For every element x of each
+    checked bottom and parameter blob:
+
+        dE/dx ~ (E(x + h) - E(x - h)) / (2h)
+
+    and the analytic value must agree within ``threshold`` relative to
+    max(|analytic|, |numeric|, 1).  Elements within ``kink_range`` of ``kink``
+    (e.g. 0 for ReLU) are skipped: the derivative does not exist there.
+    ``check_bottom`` lists bottom indices to check (default: all);
+    ``top_index`` restricts the objective to one top.
+    Raises AssertionError naming the first mismatch.
+    """
+    rng = np.random.default_rng(seed)
+    state0 = layer.state_dict()
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    tops = range(len(top)) if top_index is None else [top_index]
+    weights = {i: rng.standard_normal(top[i].shape) for i in tops}
+
+    def objective():
+        layer.load_state_dict(state0)  # stochastic layers: the same draws
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        return sum(float(np.sum(weights[i] * top[i].data)) for i in tops)
+
+    objective()
+    for i in range(len(top)):
+        top[i].diff[...] = weights[i] if i in weights else 0.0
+    for b in layer.blobs:
+        b.zero_diff()
+    if check_bottom is None:
+        check_bottom = list(range(len(bottom)))
+    propagate = [i in check_bottom for i in range(len(bottom))]
+    for j, b in enumerate(bottom):
+        if propagate[j]:
+            b.diff[...] = 0.0
+    layer.backward(top, propagate, bottom)
+
+    targets = [(f"bottom[{j}]", bottom[j], bottom[j].diff.copy()) for j in check_bottom]
+    if check_params:
+        targets += [(f"param[{k}]", b, b.diff.copy()) for k, b in enumerate(layer.blobs)]
+    checked = 0
+    for label, blob, analytic in targets:
+        flat = blob.data.reshape(-1)
+        for idx in range(flat.size):
+            x = flat[idx]
+            if kink_range > 0 and abs(x - kink) < kink_range:
+                continue
+            flat[idx] = x + stepsize
+            plus = objective()
+            flat[idx] = x - stepsize
+            minus = objective()
+            flat[idx] = x
+            numeric = (plus - minus) / (2 * stepsize)
+            a = float(analytic.reshape(-1)[idx])
+            scale = max(abs(a), abs(numeric), 1.0)
+            if abs(a - numeric) > threshold * scale:
+                raise AssertionError(
+                    f"{layer.type} '{layer.name}': gradient mismatch at {label} element "
+                    f"{np.unravel_index(idx, blob.shape)}: analytic {a:.6g}, "
+                    f"numeric {numeric:.6g}")
+            checked += 1
+    objective()
+    return checked
+
+
+def check_layer_gradient(spec, bottom_arrays, num_tops=None, layer_kw=None, **kw):
+    """Build a float64 layer from a snippet and run :func:`check_gradient`.
+    Returns the number of elements checked (asserting it is > 0)."""
+    layer = make_layer(spec, **(layer_kw or {}))
+    bottom, top = setup_layer(layer, bottom_arrays, num_tops)
+    checked = check_gradient(layer, bottom, top, **kw)
+    assert checked > 0, "gradient check compared no element"
+    return checked
