@@ -75,9 +75,12 @@ class Blob:
             raise ShapeError(f"blob '{self.name}': axis {axis} out of range for shape {self.shape}")
         return axis + n if axis < 0 else axis
 
-    def reshape(self, shape):
-        """Resize to ``shape``; contents are kept when the shape is unchanged,
-        otherwise the arrays are reallocated (zero-filled)."""
+    def reshape(self, *shape):
+        """Resize to ``shape`` (a tuple, or dims as arguments like pycaffe);
+        contents are kept when the shape is unchanged, otherwise the arrays are
+        reallocated (zero-filled)."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ShapeError(f"blob '{self.name}': negative dimension in {shape}")

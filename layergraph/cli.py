@@ -1,0 +1,268 @@
+"""The ``layergraph`` command line (in the spirit of the ``caffe`` tool).
+
+    layergraph train --solver S [--weights W | --snapshot S]
+    layergraph test --model M --weights W --iterations N
+    layergraph time --model M [--iterations N]
+    layergraph draw --model M --out net.png
+    layergraph plot --log PREFIX_log.jsonl --out curves.png
+    layergraph data mnist|copy|images|list|show|delete ...
+    layergraph new --template TripletNet_28x28 --dataset MNIST.30 --out DIR
+    layergraph test-many --model M --weights W --dataset D
+    layergraph inspect --model M --weights W --layer L --dataset D --out tsne.png
+
+A user mistake prints one line, ``layergraph: error: ...``, and exits with
+status 2; Ctrl-C during training writes a snapshot first.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from .errors import LayergraphError
+
+
+def _phase(name):
+    from .proto import pb
+    try:
+        return pb.Phase.Value(name.upper())
+    except ValueError:
+        raise LayergraphError(f"unknown phase '{name}'; use TRAIN, TEST or RUN") from None
+
+
+def _set_db(args):
+    if getattr(args, "db", None):
+        os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
+
+
+# ---------------------------------------------------------------- train ----
+
+class _Progress:
+    """tqdm progress bar: iteration, loss, lr and images/s."""
+
+    def __init__(self, total, initial, quiet):
+        self.bar = None
+        if not quiet:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True,
+                                file=sys.stderr, disable=None)
+            except ImportError:  # pragma: no cover
+                self.bar = None
+
+    def write(self, line):
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def on_iteration(self, solver, record):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", lr=f"{record['lr']:.3g}",
+                                 img_s=f"{record['images_per_s']:.0f}", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args):
+    from .solver import Solver
+    _set_db(args)
+    if args.weights and args.snapshot:
+        raise LayergraphError("give either --weights or --snapshot, not both")
+    overrides = {}
+    if args.iterations is not None:
+        overrides["max_iter"] = args.iterations
+    if args.seed is not None:
+        overrides["random_seed"] = args.seed
+    progress = _Progress(0, 0, args.quiet)
+    solver = Solver(args.solver, log=progress.write, overrides=overrides)
+    try:
+        if args.weights:
+            for path in args.weights.split(","):
+                solver.net.copy_from(path)
+        for path in solver.param.weights:
+            solver.net.copy_from(solver.resolve(path))
+        if args.snapshot:
+            solver.restore(args.snapshot)
+        if progress.bar is not None:
+            progress.bar.reset(total=solver.param.max_iter)
+            progress.bar.update(solver.iter)
+        solver.add_callback(progress)
+        solver.install_sigint_handler()
+        solver.solve()
+    finally:
+        progress.close()
+        solver.close()
+    if solver.log_path:
+        print(f"training log: {solver.log_path}")
+    return 130 if solver.requested_stop else 0
+
+
+# ----------------------------------------------------------------- test ----
+
+def cmd_test(args):
+    from .net import Net
+    _set_db(args)
+    net = Net(args.model, phase=_phase(args.phase), weights=args.weights)
+    sums = {}
+    try:
+        for i in range(args.iterations):
+            net.forward()
+            for name in net.outputs:
+                value = np.asarray(net.blobs[name].data, dtype=np.float64)
+                if args.verbose:
+                    print(f"Batch {i}, {name} = {np.array2string(value, precision=4)}")
+                sums[name] = sums.get(name, 0.0) + value
+    finally:
+        net.close()
+    for name, total in sums.items():
+        mean = total / args.iterations
+        shown = f"{float(mean):.6g}" if np.ndim(mean) == 0 else np.array2string(mean, precision=4)
+        print(f"{name} = {shown}")
+    return 0
+
+
+# ----------------------------------------------------------------- time ----
+
+def cmd_time(args):
+    from .net import Net
+    _set_db(args)
+    net = Net(args.model, phase=_phase(args.phase))
+    rng = np.random.default_rng(0)
+    for name in net.inputs:
+        blob = net.blobs[name]
+        blob.data[...] = rng.standard_normal(blob.shape)
+    n = len(net.layers)
+    fwd, bwd = np.zeros(n), np.zeros(n)
+    try:
+        net.forward_backward()  # warm-up
+        for _ in range(args.iterations):
+            for i in range(n):
+                t = time.perf_counter()
+                net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
+                net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+                fwd[i] += time.perf_counter() - t
+            for i in reversed(range(n)):
+                for j, w in net.loss_weights[i]:
+                    net.top_vecs[i][j].diff[...] = w
+                if net.layer_need_backward[i]:
+                    t = time.perf_counter()
+                    net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
+                                           net.bottom_vecs[i])
+                    bwd[i] += time.perf_counter() - t
+    finally:
+        net.close()
+    fwd, bwd = fwd / args.iterations * 1e3, bwd / args.iterations * 1e3
+    width = max(len(x) for x in net.layer_names)
+    print(f"{'layer':<{width}}  {'type':<16} {'forward ms':>11} {'backward ms':>12}")
+    for i, layer in enumerate(net.layers):
+        print(f"{layer.name:<{width}}  {layer.type:<16} {fwd[i]:>11.3f} {bwd[i]:>12.3f}")
+    print(f"Average forward pass: {fwd.sum():.3f} ms")
+    print(f"Average backward pass: {bwd.sum():.3f} ms")
+    print(f"Average forward-backward: {fwd.sum() + bwd.sum():.3f} ms")
+    return 0
+
+
+# ------------------------------------------------------------ draw/plot ----
+
+def cmd_draw(args):
+    from .tools.draw import draw_net
+    draw_net(args.model, args.out, phase=_phase(args.phase), rankdir=args.rankdir)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_plot(args):
+    from .tools.plot import plot_log
+    plot_log(args.log, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------ the parser ---
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="layergraph",
+        description="Caffe-style deep-learning engine for metric learning.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a net from a solver prototxt")
+    p.add_argument("--solver", required=True, help="solver prototxt")
+    p.add_argument("--weights", help="initial weights (.caffemodel), comma-separated list")
+    p.add_argument("--snapshot", help="resume from a .solverstate")
+    p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--seed", type=int, help="override random_seed")
+    p.add_argument("--db", help="image database root (default ~/.layergraph/imagedb)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score a trained net (mean of its outputs)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--phase", default="TEST")
+    p.add_argument("--db")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("time", help="per-layer forward/backward timing")
+    p.add_argument("--model", required=True)
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--phase", default="TRAIN")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("draw", help="draw the net as a picture (PNG/SVG/PDF)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--phase", default="TRAIN")
+    p.add_argument("--rankdir", default="TB", choices=["TB", "LR"])
+    p.set_defaults(func=cmd_draw)
+
+    p = sub.add_parser("plot", help="training curves (loss, test outputs) to PNG")
+    p.add_argument("--log", required=True, help="the <prefix>_log.jsonl a training wrote")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_plot)
+
+    for module in ("cli_data", "tools.cli_tools"):
+        try:
+            mod = __import__(f"layergraph.{module}", fromlist=["add_commands"])
+        except ImportError:
+            continue
+        for name in ("add_data_commands", "add_commands"):
+            fn = getattr(mod, name, None)
+            if fn is not None:
+                fn(sub)
+    return parser
+
+
+def _version():
+    from . import __version__
+    return f"layergraph {__version__}"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LayergraphError as e:
+        print(f"layergraph: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("layergraph: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError) as e:
+        print(f"layergraph: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Decode: distances of each embedding to every class (nearest class wins).
+
+Bottoms
+    embedding  (N, D)  (any (N, ...) shape; flattened to (N, D))
+    label      (N,), (N, 1) or (N, C): column 0 is the label of the embedding's
+               item (MyCaffe's DataSequence ``lbl`` and pair-data labels both put
+               the anchor / first image there).  A label bottom; optional in the
+               RUN phase, required in TRAIN when centroids are updated.
+Tops
+    distances  (N, L)  Euclidean distance (not squared) of each embedding to
+                       each class, L = ``decode_param.pregen_label_count``
+                       (default 10, fixed at setup; labels must lie in [0, L)).
+                       A class without a centroid/cached item yet, and every
+                       label in ``ignore_labels``, gets NOT_READY = 1e30.
+    centroids  (L, D)  optional (``output_centroids`` or simply a second top):
+                       the class centroids (KNN: the mean of each class cache);
+                       rows of classes not ready are 0, and all of it is 0
+                       until ``centroid_output_iteration`` TRAIN updates ran.
+
+target CENTROID (default)
+    per-class centroids of the TRAIN embeddings, updated with the rule of
+    :mod:`layergraph.layers._centroids`: the exact running mean until
+    M = cache_size * N items of the class were averaged, then an exponential
+    moving average c <- (1 - m/M) c + (m/M) x̄ over each batch as a whole (m
+    items of the class in the batch, mean x̄).
+    distance[i, l] = ||x_i - c_l||_2.
+target KNN
+    per-class ring buffers of the ``cache_size`` most recent TRAIN embeddings;
+    distance[i, l] = mean distance of x_i to its min(k, cached_l) nearest cached
+    embeddings of class l (usable as soon as a class has one cached item).
+target PREGEN is not implemented (an error).
+
+Updates happen only in the TRAIN phase with ``enable_centroid_update``, never
+for ``ignore_labels``, and after the distances of the batch were computed: a
+batch is decoded with the state built from earlier batches, so an item is
+never compared with a centroid or cache it belongs to.
+
+State (all non-learnable blobs, so they are saved in .caffemodel snapshots and
+shared by layer name with the TEST net; a resumed run continues exactly):
+    CENTROID: blobs[0] centroids (L, D), blobs[1] counts (L,) (items averaged,
+              saturating at M), blobs[2] updates (1,) (TRAIN batches applied)
+    KNN:      blobs[0] cache (L, cache_size, D), blobs[1] fill (L,),
+              blobs[2] updates (1,), blobs[3] ring cursor (L,)
+No backward: an evaluation layer (the triplet/contrastive losses train the net).
+"""
+from ..layer import Layer, register_layer
+from ..proto import pb
+from . import _centroids as C
+
+
+@register_layer("Decode")
+class Decode(Layer):
+    min_bottoms = 1
+    max_bottoms = 2
+    min_tops = 1
+    max_tops = 2
+    label_bottoms = (1,)
+    optional_bottoms = (1,)
+    has_backward = False
+
+    # ------------------------------------------------------- parameters --
+    def setup(self, bottom, top):
+        p = self.param.decode_param
+        T = pb.DecodeParameter
+        if p.target == T.PREGEN:
+            raise self.error("decode_param.target PREGEN is not implemented (use CENTROID or KNN)")
+        self.knn = p.target == T.KNN
+        self.num_labels = int(p.pregen_label_count)
+        self.cache_size = int(p.cache_size)
+        self.k = int(p.k)
+        if self.num_labels < 1:
+            raise self.error(f"decode_param.pregen_label_count must be >= 1, got {self.num_labels}")
+        if self.cache_size < 1:
+            raise self.error(f"decode_param.cache_size must be >= 1, got {self.cache_size}")
+        if self.knn and self.k < 1:
+            raise self.error(f"decode_param.k must be >= 1, got {self.k}")
+        self.ignore_labels = [int(v) for v in p.ignore_labels]
+        self.update = bool(p.enable_centroid_update) and self.phase == pb.TRAIN
+        if self.update and len(bottom) < 2:
+            raise self.error("the TRAIN phase needs the label bottom to update the centroids "
+                             "(or set decode_param.enable_centroid_update: false)")
+        if p.output_centroids and len(top) < 2:
+            raise self.error("output_centroids needs a second top (centroids)")
+        self.output_iteration = int(p.centroid_output_iteration)
+        if bottom[0].num_axes < 1:
+            raise self.shape_error(f"embedding must be (N, ...), got {bottom[0].shape}")
+        self.dim = bottom[0].count_range(1)
+        L, D = self.num_labels, self.dim
+        names = (["cache", "fill", "updates", "cursor"] if self.knn
+                 else ["centroids", "counts", "updates"])
+        shapes = ([(L, self.cache_size, D), (L,), (1,), (L,)] if self.knn
+                  else [(L, D), (L,), (1,)])
+        for name, shape in zip(names, shapes):
+            blob = self.make_blob(shape, name=f"{self.name} {name}")
+            blob.learnable = False
+            self.blobs.append(blob)
+
+    # ----------------------------------------------------------- shapes --
+    def reshape(self, bottom, top):
+        x = bottom[0]
+        if x.num_axes < 1 or x.count_range(1) != self.dim:
+            raise self.shape_error(
+                f"embedding {x.shape} does not have the {self.dim} features per item "
+                f"the layer was set up with")
+        if len(bottom) > 1:
+            C.label_rows(self, bottom[1], x.shape)
+        top[0].reshape((x.shape[0], self.num_labels))
+        if len(top) > 1:
+            top[1].reshape((self.num_labels, self.dim))
+
+    # ---------------------------------------------------------- forward --
+    def _ready(self):
+        ready = self.blobs[1].data > 0
+        for value in self.ignore_labels:
+            if 0 <= value < self.num_labels:
+                ready[value] = False
+        return ready
+
+    def forward(self, bottom, top):
+        xp = self.xp
+        n = bottom[0].shape[0]
+        x = bottom[0].data.reshape(n, self.dim)
+        if self.knn:
+            fill = self.blobs[1].data.astype(xp.int64)
+            dist = C.knn_distances(xp, x, self.blobs[0].data, fill, self.k)
+            dist[:, ~self._ready()] = C.NOT_READY
+        else:
+            dist = C.centroid_distances(xp, x, self.blobs[0].data, self._ready())
+        top[0].data[...] = dist
+
+        if self.update:
+            labels = C.item_labels(self, bottom[1], bottom[0].shape)
+            valid = C.ignore_mask(xp, labels, self.ignore_labels)
+            C.check_label_range(self, labels, self.num_labels, valid)
+            if self.knn:
+                C.push_ring(xp, self.blobs[0].data, self.blobs[1].data, self.blobs[3].data,
+                            x, labels, valid)
+            else:
+                C.update_centroids(xp, self.blobs[0].data, self.blobs[1].data, x, labels,
+                                   valid, self.cache_size * n)
+            self.blobs[2].data[...] += 1
+
+        if len(top) > 1:
+            top[1].data[...] = self._centroid_output()
+
+    def _centroid_output(self):
+        xp = self.xp
+        if float(self.blobs[2].data[0]) < self.output_iteration:
+            return xp.zeros((self.num_labels, self.dim), dtype=self.dtype)
+        if self.knn:
+            fill = self.blobs[1].data
+            cap = self.blobs[0].shape[1]
+            slot = (xp.arange(cap)[None, :] < fill[:, None]).astype(self.dtype)
+            total = xp.einsum("lc,lcd->ld", slot, self.blobs[0].data)
+            centroids = total / xp.maximum(fill, 1)[:, None]
+        else:
+            centroids = self.blobs[0].data
+        return xp.where(self._ready()[:, None], centroids, 0)

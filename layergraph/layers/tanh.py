@@ -1,0 +1,29 @@
+"""TanH: the hyperbolic tangent."""
+from ..layer import Layer, register_layer
+
+
+@register_layer("TanH")
+class TanHLayer(Layer):
+    r"""Element-wise hyperbolic tangent.
+
+        y = tanh(x)
+        dE/dx = dE/dy (1 - y^2)
+
+    Shapes: bottom[0] any, top[0] the same.  Backward reads only the top
+    data, so in-place use is correct.
+    """
+
+    exact_bottoms = 1
+    exact_tops = 1
+
+    def reshape(self, bottom, top):
+        if top[0] is not bottom[0]:
+            top[0].reshape_like(bottom[0])
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.xp.tanh(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            y = top[0].data
+            bottom[0].diff[...] = top[0].diff * (1 - y * y)

@@ -1,0 +1,549 @@
+"""Net: a graph of layers built from a NetParameter (Caffe's Net).
+
+Building a net (``Net(model, phase)``) does, in order:
+
+1. filter the layers by the NetState (phase, level, stages) against each
+   layer's include/exclude rules;
+2. in the RUN (deploy) phase, derive the deploy net from a train_val file:
+   data layers are gone, so the image blob becomes an Input, label bottoms a
+   layer can do without are dropped and layers that still miss a bottom
+   (losses, accuracies) are left out;
+3. insert Split layers for blobs consumed more than once (so each consumer
+   writes its own diff and the Split sums them);
+4. create each layer through the registry, connect bottoms and tops (a top
+   named like its bottom is computed in place), run setup + reshape;
+5. share parameters by ParamSpec name (the same Blob object, so data is shared
+   and gradients accumulate), checking shapes and lr_mult/decay_mult;
+6. record loss weights, and work out which layers need backward (Caffe's
+   analysis with propagate_down and force_backward).
+
+The net knows nothing about specific layer types.
+"""
+import collections
+import os
+
+import numpy as np
+
+from .backend import DEFAULT_DTYPE
+from .blob import Blob
+from .errors import NetError, SnapshotError
+from .layer import layer_class
+from .proto import pb
+from .prototxt import atomic_write, read_binary, read_net
+
+#: layer types that read data from outside the net (left out of RUN nets)
+DATA_LAYER_TYPES = {"Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData"}
+
+
+# ------------------------------------------------------------ filtering ----
+
+def state_meets_rule(state, rule):
+    """Caffe's StateMeetsRule: does the NetState satisfy one NetStateRule?"""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(net_param, state):
+    """A copy of ``net_param`` with only the layers the NetState includes."""
+    out = pb.NetParameter()
+    out.CopyFrom(net_param)
+    del out.layer[:]
+    for lp in net_param.layer:
+        if lp.include and lp.exclude:
+            raise NetError(f"layer '{lp.name}' ({lp.type}): specify include or exclude rules, "
+                           f"not both")
+        if lp.include:
+            keep = any(state_meets_rule(state, r) for r in lp.include)
+        else:
+            keep = not any(state_meets_rule(state, r) for r in lp.exclude)
+        if keep:
+            out.layer.add().CopyFrom(lp)
+    return out
+
+
+def upgrade_legacy_inputs(net_param):
+    """Turn the deprecated ``input``/``input_shape``/``input_dim`` fields into
+    an Input layer (as Caffe's UpgradeNetInput does)."""
+    if not net_param.input:
+        return net_param
+    out = pb.NetParameter()
+    out.CopyFrom(net_param)
+    del out.input[:]
+    del out.input_shape[:]
+    del out.input_dim[:]
+    del out.layer[:]
+    layer = out.layer.add(name="input", type="Input")
+    for i, name in enumerate(net_param.input):
+        layer.top.append(name)
+        shape = layer.input_param.shape.add()
+        if net_param.input_shape:
+            shape.CopyFrom(net_param.input_shape[i])
+        elif net_param.input_dim:
+            shape.dim.extend(net_param.input_dim[4 * i:4 * i + 4])
+    out.layer.extend(net_param.layer)
+    return out
+
+
+# --------------------------------------------------------- split layers ----
+
+def split_blob_name(layer_name, blob_name, top_index, split_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
+
+
+def insert_splits(net_param):
+    """Caffe's InsertSplits: a blob read by several layers (or read and also
+    weighted as a loss) gets a Split layer whose tops feed one consumer each."""
+    producer = {}                     # blob name -> (layer index, top index)
+    consumers = collections.Counter()  # (layer index, top index) -> count
+    bottom_src = {}                   # (layer index, bottom index) -> producer key
+    loss_tops = set()
+    for i, lp in enumerate(net_param.layer):
+        for j, name in enumerate(lp.bottom):
+            if name not in producer:
+                continue  # reported (with the layer) when the net is built
+            key = producer[name]
+            bottom_src[(i, j)] = key
+            consumers[key] += 1
+        for j, name in enumerate(lp.top):
+            producer[name] = (i, j)
+            if j < len(lp.loss_weight) and lp.loss_weight[j] != 0:
+                loss_tops.add((i, j))
+    out = pb.NetParameter()
+    out.CopyFrom(net_param)
+    del out.layer[:]
+    next_split = collections.Counter()
+    for i, lp in enumerate(net_param.layer):
+        layer = out.layer.add()
+        layer.CopyFrom(lp)
+        for j, name in enumerate(lp.bottom):
+            key = bottom_src.get((i, j))
+            if key is None:
+                continue
+            n = consumers[key] + (1 if key in loss_tops else 0)
+            if n > 1:
+                src_layer = net_param.layer[key[0]].name
+                layer.bottom[j] = split_blob_name(src_layer, name, key[1], next_split[key])
+                next_split[key] += 1
+        for j, name in enumerate(lp.top):
+            key = (i, j)
+            n = consumers[key] + (1 if key in loss_tops else 0)
+            if n <= 1 or consumers[key] == 0:
+                continue
+            split = out.layer.add(name=f"{name}_{lp.name}_{j}_split", type="Split")
+            split.bottom.append(name)
+            for k in range(n):
+                split.top.append(split_blob_name(lp.name, name, j, k))
+            if key in loss_tops:
+                # the loss moves to the split's last top, which nothing reads
+                while len(split.loss_weight) < n - 1:
+                    split.loss_weight.append(0.0)
+                split.loss_weight.append(lp.loss_weight[j])
+                layer.loss_weight[j] = 0.0
+    return out
+
+
+# ------------------------------------------------------------ deploy net ----
+
+def derive_run_net(net_param, input_shape=None):
+    """The RUN (deploy) net of a train_val NetParameter already filtered for
+    the RUN phase (see the module docstring).  ``input_shape`` gives the image
+    input's shape, e.g. (1, 1, 28, 28); the batch size is changed freely later
+    by ``Net.forward``."""
+    produced = set()
+    out = pb.NetParameter()
+    out.CopyFrom(net_param)
+    del out.layer[:]
+    inputs = []
+    dropped = []
+    for lp in net_param.layer:
+        if lp.type in DATA_LAYER_TYPES:
+            continue
+        optional = getattr(layer_class(lp.type), "optional_bottoms", ())
+        keep_bottoms, missing_required = [], []
+        for j, name in enumerate(lp.bottom):
+            if name in produced:
+                keep_bottoms.append(name)
+            elif j in optional:
+                continue
+            elif not inputs and not produced:
+                inputs.append(name)      # the image blob: becomes the net input
+                produced.add(name)
+                keep_bottoms.append(name)
+            else:
+                missing_required.append(name)
+        if missing_required:
+            dropped.append(lp.name)
+            continue
+        layer = out.layer.add()
+        layer.CopyFrom(lp)
+        del layer.bottom[:]
+        layer.bottom.extend(keep_bottoms)
+        if len(layer.propagate_down) and len(layer.propagate_down) != len(keep_bottoms):
+            del layer.propagate_down[:]
+        produced.update(lp.top)
+    if inputs:
+        if input_shape is None:
+            raise NetError(f"the RUN net needs the shape of its input '{inputs[0]}' "
+                           f"(pass input_shape, e.g. (1, 1, 28, 28))")
+        data = pb.LayerParameter(name="input", type="Input")
+        data.top.extend(inputs)
+        data.input_param.shape.add().dim.extend(int(d) for d in input_shape)
+        layers = list(out.layer)
+        del out.layer[:]
+        out.layer.add().CopyFrom(data)
+        out.layer.extend(layers)
+    out.state.phase = pb.RUN
+    return out
+
+
+# ------------------------------------------------------------------ Net ----
+
+class Net:
+    """A net built from a prototxt (path) or a NetParameter.
+
+    >>> net = Net("lenet.prototxt", phase=pb.TEST, weights="lenet.caffemodel")
+    >>> out = net.forward(data=images)       # dict: output blob name -> array
+    >>> net.blobs["ip1"].data, net.params["conv1"][0].data
+
+    Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer
+    name -> list of parameter Blobs), ``layers``, ``inputs``, ``outputs``.
+    """
+
+    def __init__(self, model, phase=pb.TRAIN, weights=None, level=0, stages=(),
+                 seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None):
+        if isinstance(model, pb.NetParameter):
+            param, self.source = model, "<NetParameter>"
+        else:
+            param, self.source = read_net(model), os.fspath(model)
+        self.phase = phase
+        self.dtype = np.dtype(dtype)
+        self.xp = xp
+        self.seed = int(seed)
+        self.name = param.name
+        state = pb.NetState(phase=phase, level=level)
+        state.stage.extend(stages)
+        if param.HasField("state"):
+            state.level = param.state.level if not level else level
+            if not stages:
+                state.stage.extend(param.state.stage)
+        self.state = state
+        param = upgrade_legacy_inputs(param)
+        param = filter_net(param, state)
+        if phase == pb.RUN:
+            param = derive_run_net(param, input_shape)
+        param = insert_splits(param)
+        self.param = param
+        self._build(param)
+        if weights:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------ build --
+    def _build(self, param):
+        self.layers = []
+        self.layer_names = []
+        self.blobs = collections.OrderedDict()
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_names, self.top_names = [], []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        self.loss_weights = []          # per layer: list of (top index, weight)
+        self.learnable_params = []      # unique learnable Blobs, in order
+        self.params_lr = []
+        self.params_weight_decay = []
+        self._param_owner = {}          # ParamSpec name -> (blob, spec)
+        self.inputs = []
+        blob_need_backward = {}
+        consumed = set()
+
+        for lp in param.layer:
+            if not lp.name:
+                raise NetError(f"{self.source}: a layer of type '{lp.type}' has no name")
+            if lp.name in self.layer_names:
+                raise NetError(f"{self.source}: two layers are named '{lp.name}'")
+            cls = layer_class(lp.type)
+            layer = cls(lp, phase=self.phase, seed=self.seed, dtype=self.dtype, xp=self.xp)
+            layer.net = self
+            bottoms, need_bw = [], []
+            for j, name in enumerate(lp.bottom):
+                if name not in self.blobs:
+                    raise NetError(
+                        f"layer '{lp.name}' ({lp.type}): unknown bottom blob '{name}' "
+                        f"(no earlier layer produces it; known blobs: "
+                        f"{', '.join(self.blobs) or 'none'})")
+                bottoms.append(self.blobs[name])
+                consumed.add(name)
+                nb = blob_need_backward.get(name, False)
+                if len(lp.propagate_down):
+                    if len(lp.propagate_down) != len(lp.bottom):
+                        raise NetError(f"layer '{lp.name}' ({lp.type}): propagate_down has "
+                                       f"{len(lp.propagate_down)} entries for "
+                                       f"{len(lp.bottom)} bottoms")
+                    nb = nb and lp.propagate_down[j]
+                need_bw.append(nb and cls.has_backward and j not in cls.label_bottoms)
+            tops = []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.bottom) and lp.bottom[j] == name:
+                    tops.append(self.blobs[name])          # in place
+                elif name in self.blobs:
+                    raise NetError(f"layer '{lp.name}' ({lp.type}): top blob '{name}' is "
+                                   f"already produced by an earlier layer (only in-place "
+                                   f"reuse, top named like the same-index bottom, is allowed)")
+                else:
+                    blob = Blob((), dtype=self.dtype, xp=self.xp, name=name)
+                    self.blobs[name] = blob
+                    tops.append(blob)
+            layer.check_blob_counts(bottoms, tops)
+            layer.setup(bottoms, tops)
+            layer.reshape(bottoms, tops)
+            if lp.type == "Input":
+                self.inputs.extend(lp.top)
+            if lp.blobs:
+                self._load_layer_blobs(layer, lp.blobs, lp.name)
+            layer_need_bw = any(need_bw)
+            layer_need_bw |= self._append_params(layer, lp)
+            layer_need_bw = layer_need_bw and cls.has_backward
+            # loss weights
+            if len(lp.loss_weight) and len(lp.loss_weight) != len(tops):
+                raise NetError(f"layer '{lp.name}' ({lp.type}): loss_weight must be given "
+                               f"once per top ({len(tops)}), got {len(lp.loss_weight)}")
+            weights = list(lp.loss_weight) or ([1.0] + [0.0] * (len(tops) - 1)
+                                               if cls.is_loss and tops else [])
+            self.loss_weights.append([(j, w) for j, w in enumerate(weights) if w != 0])
+            for name in lp.top:
+                blob_need_backward[name] = layer_need_bw
+            self.layers.append(layer)
+            self.layer_names.append(lp.name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names.append(list(lp.bottom))
+            self.top_names.append(list(lp.top))
+            self.bottom_need_backward.append(need_bw)
+            self.layer_need_backward.append(layer_need_bw)
+
+        self._prune_backward(param)
+        self.outputs = [n for n in self.blobs if n not in consumed]
+        self.params = collections.OrderedDict(
+            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers)
+            if layer.blobs)
+        self._layer_index = {n: i for i, n in enumerate(self.layer_names)}
+
+    def _append_params(self, layer, lp):
+        """Register the layer's parameter blobs; share them by ParamSpec name.
+        Returns True if any parameter is learned (lr_mult != 0)."""
+        if len(lp.param) > len(layer.blobs):
+            raise NetError(f"layer '{lp.name}' ({lp.type}): {len(lp.param)} param specs "
+                           f"given for {len(layer.blobs)} parameter blob(s)")
+        learns = False
+        for i, blob in enumerate(layer.blobs):
+            spec = lp.param[i] if i < len(lp.param) else pb.ParamSpec()
+            if spec.name and spec.name in self._param_owner:
+                owner, owner_spec = self._param_owner[spec.name]
+                strict = spec.share_mode != pb.ParamSpec.PERMISSIVE
+                if (strict and owner.shape != blob.shape) or owner.count != blob.count:
+                    raise NetError(
+                        f"layer '{lp.name}' ({lp.type}): shared parameter '{spec.name}' has "
+                        f"shape {blob.shape} here but {owner.shape} where it was first defined")
+                for field in ("lr_mult", "decay_mult"):
+                    if (spec.HasField(field) and owner_spec.HasField(field)
+                            and getattr(spec, field) != getattr(owner_spec, field)):
+                        raise NetError(
+                            f"layer '{lp.name}' ({lp.type}): shared parameter '{spec.name}' "
+                            f"has {field} {getattr(spec, field):g} here but "
+                            f"{getattr(owner_spec, field):g} where it was first defined")
+                if not strict and owner.shape != blob.shape:
+                    raise NetError(f"layer '{lp.name}' ({lp.type}): PERMISSIVE sharing of "
+                                   f"'{spec.name}' with a different shape is not supported")
+                layer.blobs[i] = owner
+                learns |= owner.learnable and owner_spec.lr_mult != 0
+                continue
+            if spec.name:
+                self._param_owner[spec.name] = (blob, spec)
+            if blob.learnable:
+                self.learnable_params.append(blob)
+                self.params_lr.append(spec.lr_mult)
+                self.params_weight_decay.append(spec.decay_mult)
+                learns |= spec.lr_mult != 0
+        return learns
+
+    def _prune_backward(self, param):
+        """Caffe's need-backward pass from the losses back: a layer that
+        contributes to no loss needs no backward; force_backward overrides."""
+        under_loss = set()
+        for i in reversed(range(len(self.layers))):
+            contributes = bool(self.loss_weights[i]) or any(
+                n in under_loss for n in self.top_names[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_vecs[i])
+            if contributes:
+                under_loss.update(self.bottom_names[i])
+        if param.force_backward:
+            for i, layer in enumerate(self.layers):
+                if not layer.has_backward:
+                    continue
+                self.layer_need_backward[i] = True
+                lp = layer.param
+                self.bottom_need_backward[i] = [
+                    (j not in layer.label_bottoms)
+                    and (not len(lp.propagate_down) or lp.propagate_down[j])
+                    for j in range(len(self.bottom_vecs[i]))]
+
+    # ---------------------------------------------------------- running --
+    def layer(self, name):
+        try:
+            return self.layers[self._layer_index[name]]
+        except KeyError:
+            raise NetError(f"no layer named '{name}' in the net; layers: "
+                           f"{', '.join(self.layer_names)}") from None
+
+    def set_input(self, name, array):
+        if name not in self.blobs:
+            raise NetError(f"no blob named '{name}' to feed; inputs: "
+                           f"{', '.join(self.inputs) or 'none'}")
+        array = self.xp.asarray(array, dtype=self.dtype)
+        blob = self.blobs[name]
+        if blob.shape != array.shape:
+            blob.reshape(array.shape)
+        blob.data[...] = array
+
+    def forward(self, start=None, end=None, **inputs):
+        """Run the layers (optionally feeding inputs by blob name); returns a
+        dict of output blob name -> data array (pycaffe's Net.forward)."""
+        for name, array in inputs.items():
+            self.set_input(name, array)
+        self.forward_prefilled(start, end)
+        return {name: self.blobs[name].data for name in self.outputs}
+
+    def forward_prefilled(self, start=None, end=None):
+        """Forward with the inputs already in place; returns the weighted loss."""
+        i0 = 0 if start is None else self._layer_index[start]
+        i1 = len(self.layers) - 1 if end is None else self._layer_index[end]
+        loss = 0.0
+        for i in range(i0, i1 + 1):
+            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for j, w in self.loss_weights[i]:
+                loss += w * float(top[j].data.sum())
+        self.last_loss = loss
+        return loss
+
+    def backward(self):
+        """Back-propagate from every loss top (its diff set to its weight)."""
+        for i in reversed(range(len(self.layers))):
+            top = self.top_vecs[i]
+            for j, w in self.loss_weights[i]:
+                top[j].diff[...] = w
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def forward_backward(self):
+        loss = self.forward_prefilled()
+        self.backward()
+        return loss
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.zero_diff()
+
+    # ------------------------------------------------------------ weights --
+    def _load_layer_blobs(self, layer, protos, where):
+        if len(protos) != len(layer.blobs):
+            raise SnapshotError(f"{where}: layer '{layer.name}' ({layer.type}) has "
+                                f"{len(layer.blobs)} parameter blob(s), the weights file has "
+                                f"{len(protos)}")
+        from .blob import proto_shape
+        for k, (blob, proto) in enumerate(zip(layer.blobs, protos)):
+            shape = proto_shape(proto)
+            if tuple(shape) != blob.shape:
+                # accept Caffe's legacy 4-D form when only the padding differs
+                squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
+                if squeeze(shape) != squeeze(blob.shape):
+                    raise SnapshotError(
+                        f"{where}: layer '{layer.name}' parameter {k} has shape "
+                        f"{blob.shape} in the net but {tuple(shape)} in the weights file")
+            blob.from_proto(proto, reshape=False)
+
+    def copy_from(self, weights):
+        """Copy trained parameters from a .caffemodel (path) or NetParameter,
+        matching layers by name (layers missing on either side are skipped)."""
+        if isinstance(weights, pb.NetParameter):
+            param, where = weights, "<NetParameter>"
+        else:
+            where = os.fspath(weights)
+            param = read_binary(where, pb.NetParameter(), "weights file (.caffemodel)")
+        copied = 0
+        for lp in param.layer:
+            if lp.name in self._layer_index and lp.blobs:
+                self._load_layer_blobs(self.layer(lp.name), lp.blobs, where)
+                copied += 1
+        if copied == 0 and any(layer.blobs for layer in self.layers):
+            raise SnapshotError(f"{where}: no layer name matches this net; nothing was loaded")
+        return copied
+
+    def share_weights_from(self, other):
+        """Use ``other``'s parameter blobs (same objects) for layers of the same
+        name — how a TEST net sees the TRAIN net's weights (Caffe's
+        ShareTrainedLayersWith)."""
+        for name, layer in zip(self.layer_names, self.layers):
+            if name not in other._layer_index:
+                continue
+            src = other.layer(name)
+            if len(src.blobs) != len(layer.blobs):
+                continue
+            for k, blob in enumerate(src.blobs):
+                if blob.shape != layer.blobs[k].shape:
+                    raise NetError(f"layer '{name}': parameter {k} has shape "
+                                   f"{layer.blobs[k].shape} here but {blob.shape} in the "
+                                   f"training net")
+                layer.blobs[k] = blob
+        self.params = collections.OrderedDict(
+            (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers)
+            if layer.blobs)
+
+    def to_proto(self, write_diff=False):
+        """A NetParameter with the layers' definitions and parameter blobs
+        (the .caffemodel content).  Split layers are left out."""
+        out = pb.NetParameter(name=self.name)
+        for layer in self.layers:
+            if layer.type == "Split":
+                continue
+            lp = out.layer.add()
+            lp.CopyFrom(layer.param)
+            del lp.blobs[:]
+            for blob in layer.blobs:
+                blob.to_proto(lp.blobs.add(), write_diff=write_diff)
+        return out
+
+    def save(self, path, write_diff=False):
+        """Write the weights as a binary .caffemodel, atomically."""
+        atomic_write(path, self.to_proto(write_diff).SerializeToString())
+
+    def state_dict(self):
+        """Per-layer non-parameter state (counters, caches) for exact resume."""
+        return {name: layer.state_dict() for name, layer in zip(self.layer_names, self.layers)}
+
+    def load_state_dict(self, state):
+        for name, layer_state in state.items():
+            if name in self._layer_index:
+                self.layer(name).load_state_dict(layer_state)
+
+    def close(self):
+        """Release resources held by layers (prefetch threads, databases)."""
+        for layer in self.layers:
+            close = getattr(layer, "close", None)
+            if callable(close):
+                close()
+
+    def __repr__(self):
+        return f"<Net '{self.name}' phase={pb.Phase.Name(self.phase)} layers={len(self.layers)}>"

@@ -1,0 +1,510 @@
+"""Solvers: the SGD family with Caffe's exact update rules.
+
+Each iteration (Caffe's Solver::Step + ApplyUpdate):
+
+1. clear parameter diffs; run ``iter_size`` forward/backward passes (the
+   diffs accumulate);
+2. ``rate = learning_rate(iter)`` from the lr policy;
+3. clip gradients: if clip_gradients >= 0 and ||g||_2 > clip, g *= clip/||g||;
+4. per parameter: normalise g /= iter_size; regularise g += decay * w (L2) or
+   g += decay * sign(w) (L1) with decay = weight_decay * decay_mult; compute
+   the update value u from the rule below with local_rate = rate * lr_mult;
+5. w -= u; iter += 1.
+
+Update rules (h, h2: per-parameter history; m = momentum, eps = delta):
+
+- SGD:       h = m h + lr g;  u = h          (the rate sits inside the history)
+- Nesterov:  h' = m h + lr g; u = (1 + m) h' - m h
+- AdaGrad:   h += g^2;        u = lr g / (sqrt(h) + eps)
+- RMSProp:   h = d h + (1 - d) g^2;  u = lr g / (sqrt(h) + eps)   (d = rms_decay)
+- AdaDelta:  h = m h + (1 - m) g^2;  v = g sqrt(h2 + eps) / sqrt(h + eps);
+             h2 = m h2 + (1 - m) v^2;  u = lr v
+- Adam:      h = b1 h + (1 - b1) g;  h2 = b2 h2 + (1 - b2) g^2;
+             u = lr sqrt(1 - b2^t) / (1 - b1^t) * h / (sqrt(h2) + eps),
+             t = iter + 1, b1 = momentum, b2 = momentum2
+
+Learning-rate policies: fixed, step, exp, inv, multistep, poly, sigmoid
+(formulas in :func:`learning_rate`).
+"""
+import json
+import math
+import os
+import signal
+import time
+
+import numpy as np
+
+from .errors import SolverError, SnapshotError
+from .net import Net
+from .proto import pb
+from .prototxt import atomic_write, read_binary, read_net, read_solver
+
+SOLVER_TYPES = {
+    "sgd": "SGD", "nesterov": "Nesterov", "adagrad": "AdaGrad",
+    "rmsprop": "RMSProp", "adadelta": "AdaDelta", "adam": "Adam",
+}
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+
+# ------------------------------------------------------------ lr policy ----
+
+def learning_rate(param, it, current_step=0):
+    """The learning rate at iteration ``it``; returns (rate, current_step).
+
+    fixed: base_lr;  step: base_lr gamma^floor(it/stepsize);
+    exp: base_lr gamma^it;  inv: base_lr (1 + gamma it)^-power;
+    multistep: base_lr gamma^k, k = number of stepvalues passed;
+    poly: base_lr (1 - it/max_iter)^power;
+    sigmoid: base_lr / (1 + exp(-gamma (it - stepsize))).
+    """
+    policy = param.lr_policy or "fixed"
+    base = param.base_lr
+    if policy == "fixed":
+        rate = base
+    elif policy == "step":
+        rate = base * param.gamma ** (it // param.stepsize)
+    elif policy == "exp":
+        rate = base * param.gamma ** it
+    elif policy == "inv":
+        rate = base * (1.0 + param.gamma * it) ** (-param.power)
+    elif policy == "multistep":
+        while current_step < len(param.stepvalue) and it >= param.stepvalue[current_step]:
+            current_step += 1
+        rate = base * param.gamma ** current_step
+    elif policy == "poly":
+        rate = base * (1.0 - it / float(param.max_iter)) ** param.power
+    elif policy == "sigmoid":
+        rate = base * (1.0 / (1.0 + math.exp(-param.gamma * (it - param.stepsize))))
+    else:
+        raise SolverError(f"unknown lr_policy '{policy}'; known: {', '.join(LR_POLICIES)}")
+    return rate, current_step
+
+
+def solver_type_of(param):
+    if param.HasField("type") or not param.HasField("solver_type"):
+        name = param.type
+    else:
+        name = pb.SolverParameter.SolverType.Name(param.solver_type)
+    key = name.replace("_", "").lower()
+    if key not in SOLVER_TYPES:
+        raise SolverError(f"unknown solver type '{name}'; known: "
+                          f"{', '.join(SOLVER_TYPES.values())}")
+    return SOLVER_TYPES[key]
+
+
+def validate(param, source="solver"):
+    """Reject invalid solver values with a one-line message."""
+    def bad(msg):
+        return SolverError(f"{source}: {msg}")
+    solver_type_of(param)
+    policy = param.lr_policy or "fixed"
+    if policy not in LR_POLICIES:
+        raise bad(f"unknown lr_policy '{policy}'; known: {', '.join(LR_POLICIES)}")
+    if not param.HasField("base_lr"):
+        raise bad("base_lr must be set")
+    if param.base_lr < 0 or not math.isfinite(param.base_lr):
+        raise bad(f"base_lr must be a non-negative number, got {param.base_lr:g}")
+    if param.max_iter < 0:
+        raise bad(f"max_iter must be >= 0, got {param.max_iter}")
+    if param.iter_size < 1:
+        raise bad(f"iter_size must be >= 1, got {param.iter_size}")
+    if policy in ("step", "sigmoid") and param.stepsize <= 0 and policy == "step":
+        raise bad("lr_policy 'step' needs stepsize > 0")
+    if policy == "multistep" and not param.stepvalue:
+        raise bad("lr_policy 'multistep' needs at least one stepvalue")
+    if policy == "multistep" and list(param.stepvalue) != sorted(param.stepvalue):
+        raise bad("stepvalue must be increasing")
+    if policy == "poly" and param.max_iter <= 0:
+        raise bad("lr_policy 'poly' needs max_iter > 0")
+    if policy in ("step", "exp", "inv", "multistep", "sigmoid") and not param.HasField("gamma"):
+        raise bad(f"lr_policy '{policy}' needs gamma")
+    if policy in ("inv", "poly") and not param.HasField("power"):
+        raise bad(f"lr_policy '{policy}' needs power")
+    if not 0.0 <= param.momentum < 1.0:
+        raise bad(f"momentum must be in [0, 1), got {param.momentum:g}")
+    if not 0.0 <= param.momentum2 < 1.0:
+        raise bad(f"momentum2 must be in [0, 1), got {param.momentum2:g}")
+    if param.weight_decay < 0:
+        raise bad(f"weight_decay must be >= 0, got {param.weight_decay:g}")
+    if param.regularization_type not in ("L1", "L2"):
+        raise bad(f"regularization_type must be L1 or L2, got '{param.regularization_type}'")
+    if param.snapshot < 0:
+        raise bad(f"snapshot must be >= 0, got {param.snapshot}")
+    if param.test_interval < 0:
+        raise bad(f"test_interval must be >= 0, got {param.test_interval}")
+    if param.average_loss < 1:
+        raise bad(f"average_loss must be >= 1, got {param.average_loss}")
+    if any(t < 0 for t in param.test_iter):
+        raise bad("test_iter must be >= 0")
+    if param.snapshot_format == pb.SolverParameter.HDF5:
+        raise bad("snapshot_format HDF5 is not supported; use BINARYPROTO")
+    if solver_type_of(param) == "RMSProp" and not 0 <= param.rms_decay < 1:
+        raise bad(f"rms_decay must be in [0, 1), got {param.rms_decay:g}")
+    if param.delta <= 0 and solver_type_of(param) != "SGD" and solver_type_of(param) != "Nesterov":
+        raise bad(f"delta must be > 0, got {param.delta:g}")
+
+
+# --------------------------------------------------------------- solver ----
+
+class Solver:
+    """Trains the net a SolverParameter describes.
+
+    >>> solver = Solver("model_templates/TripletNet_28x28/solver.prototxt")
+    >>> solver.step(100)        # 100 iterations
+    >>> solver.solve()          # up to max_iter, with tests and snapshots
+    >>> solver.net, solver.test_nets, solver.iter
+
+    Relative paths inside the solver file (``net``, ``snapshot_prefix``) are
+    taken relative to the solver file's directory when they do not exist
+    relative to the working directory.
+    """
+
+    def __init__(self, solver, log=print, overrides=None):
+        if isinstance(solver, pb.SolverParameter):
+            self.param, self.source, self.base_dir = solver, "<SolverParameter>", os.getcwd()
+        else:
+            self.source = os.fspath(solver)
+            self.param = read_solver(self.source)
+            self.base_dir = os.path.dirname(os.path.abspath(self.source))
+        for key, value in (overrides or {}).items():
+            setattr(self.param, key, value)
+        validate(self.param, self.source)
+        self.type = solver_type_of(self.param)
+        self.log = log or (lambda *a, **k: None)
+        seed = self.param.random_seed
+        if seed < 0:
+            seed = int.from_bytes(os.urandom(4), "little")
+        self.seed = int(seed)
+        self.iter = 0
+        self.current_step = 0
+        self.callbacks = []
+        self.losses = []
+        self.smoothed_loss = 0.0
+        self.requested_stop = False
+        self.last_snapshot_iter = None
+        self.log_path = None
+        self.history = []
+        self._build_nets()
+        self._init_history()
+
+    # ------------------------------------------------------------- nets --
+    def resolve(self, path):
+        if not path or os.path.isabs(path) or os.path.exists(path):
+            return path
+        return os.path.join(self.base_dir, path)
+
+    def _net_source(self, path):
+        resolved = self.resolve(path)
+        if not os.path.exists(resolved):
+            raise SolverError(f"{self.source}: net file '{path}' not found")
+        return read_net(resolved)
+
+    def _build_nets(self):
+        p = self.param
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError(f"{self.source}: give exactly one train net (net, net_param, "
+                              f"train_net or train_net_param); found {len(given) or 'none'}")
+        field = given[0]
+        train_param = (getattr(p, field) if field.endswith("param")
+                       else self._net_source(getattr(p, field)))
+        state = p.train_state
+        self.net = Net(train_param, phase=pb.TRAIN,
+                       level=state.level, stages=tuple(state.stage), seed=self.seed)
+        if self.net.source == "<NetParameter>" and field in ("net", "train_net"):
+            self.net.source = self.resolve(getattr(p, field))
+        # test nets: test_net_param, test_net, then net/net_param for the rest
+        test_params = list(p.test_net_param) + [self._net_source(f) for f in p.test_net]
+        n_general = len(p.test_iter) - len(test_params)
+        if field in ("net", "net_param") and n_general > 0:
+            general = p.net_param if field == "net_param" else train_param
+            test_params += [general] * n_general
+        if len(p.test_iter) != len(test_params):
+            raise SolverError(f"{self.source}: test_iter must be given once per test net "
+                              f"({len(test_params)} test net(s), {len(p.test_iter)} test_iter)")
+        if p.test_state and len(p.test_state) != len(test_params):
+            raise SolverError(f"{self.source}: test_state must be given once per test net")
+        self.test_nets = []
+        for i, tp in enumerate(test_params):
+            st = p.test_state[i] if p.test_state else pb.NetState(phase=pb.TEST)
+            net = Net(tp, phase=pb.TEST, level=st.level, stages=tuple(st.stage),
+                      seed=self.seed + 7919 * (i + 1))
+            net.share_weights_from(self.net)
+            self.test_nets.append(net)
+
+    def add_callback(self, callback):
+        """An object with any of: on_start(solver), on_gradients_ready(solver),
+        on_iteration(solver, record), on_test(solver, test_id, results),
+        on_snapshot(solver, paths)."""
+        self.callbacks.append(callback)
+
+    def _emit(self, event, *args):
+        for cb in self.callbacks:
+            fn = getattr(cb, event, None)
+            if fn is not None:
+                fn(self, *args)
+
+    # ------------------------------------------------------------ update --
+    def _init_history(self):
+        xp = self.net.xp
+        n_hist = 2 if self.type in ("AdaDelta", "Adam") else 1
+        self.history = [xp.zeros_like(b.data) for _ in range(n_hist)
+                        for b in self.net.learnable_params]
+
+    def learning_rate(self):
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        return rate
+
+    def clip_gradients(self):
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(float((b.diff.astype(np.float64) ** 2).sum())
+                    for b in self.net.learnable_params)
+        norm = math.sqrt(sumsq)
+        if norm > clip:
+            scale = clip / norm
+            for b in self.net.learnable_params:
+                b.diff[...] *= scale
+
+    def apply_update(self):
+        rate = self.learning_rate()
+        self.rate = rate
+        self.clip_gradients()
+        p = self.param
+        n = len(self.net.learnable_params)
+        for i, blob in enumerate(self.net.learnable_params):
+            lr_mult = self.net.params_lr[i]
+            if lr_mult == 0:
+                continue
+            g = blob.diff
+            if p.iter_size > 1:
+                g *= 1.0 / p.iter_size
+            local_decay = p.weight_decay * self.net.params_weight_decay[i]
+            if local_decay:
+                if p.regularization_type == "L2":
+                    g += local_decay * blob.data
+                else:
+                    g += local_decay * blob.xp.sign(blob.data)
+            update = self.compute_update(i, n, g, rate * lr_mult)
+            blob.data[...] -= update
+        self.iter += 1
+
+    def compute_update(self, i, n, g, lr):
+        """The update value for learnable parameter ``i`` (see module doc)."""
+        p, xp = self.param, self.net.xp
+        h = self.history[i]
+        if self.type == "SGD":
+            h *= p.momentum
+            h += lr * g
+            return h
+        if self.type == "Nesterov":
+            prev = h.copy()
+            h *= p.momentum
+            h += lr * g
+            return (1.0 + p.momentum) * h - p.momentum * prev
+        if self.type == "AdaGrad":
+            h += g * g
+            return lr * g / (xp.sqrt(h) + p.delta)
+        if self.type == "RMSProp":
+            h *= p.rms_decay
+            h += (1.0 - p.rms_decay) * g * g
+            return lr * g / (xp.sqrt(h) + p.delta)
+        h2 = self.history[i + n]
+        if self.type == "AdaDelta":
+            h *= p.momentum
+            h += (1.0 - p.momentum) * g * g
+            v = g * xp.sqrt(h2 + p.delta) / xp.sqrt(h + p.delta)
+            h2 *= p.momentum
+            h2 += (1.0 - p.momentum) * v * v
+            return lr * v
+        if self.type == "Adam":
+            b1, b2, t = p.momentum, p.momentum2, self.iter + 1
+            h *= b1
+            h += (1.0 - b1) * g
+            h2 *= b2
+            h2 += (1.0 - b2) * g * g
+            correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+            return lr * correction * h / (xp.sqrt(h2) + p.delta)
+        raise SolverError(f"unknown solver type {self.type}")  # pragma: no cover
+
+    # ---------------------------------------------------------- training --
+    def batch_size(self):
+        for layer, top in zip(self.net.layers, self.net.top_vecs):
+            if top and not layer.param.bottom:
+                return top[0].shape[0] if top[0].shape else 1
+        return 1
+
+    def step(self, iters):
+        """Run ``iters`` iterations (tests, display and snapshots included)."""
+        p = self.param
+        stop_iter = self.iter + iters
+        self._emit("on_start")
+        while self.iter < stop_iter and not self.requested_stop:
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)):
+                self.test_all()
+            t0 = time.perf_counter()
+            self.net.clear_param_diffs()
+            loss = 0.0
+            for _ in range(p.iter_size):
+                loss += self.net.forward_backward()
+            loss /= p.iter_size
+            self._update_smoothed_loss(loss)
+            self._emit("on_gradients_ready")
+            it = self.iter
+            self.apply_update()
+            dt = time.perf_counter() - t0
+            record = {"iter": it, "loss": loss, "smoothed_loss": self.smoothed_loss,
+                      "lr": self.rate,
+                      "images_per_s": self.batch_size() * p.iter_size / max(dt, 1e-9)}
+            if p.display and it % p.display == 0:
+                self.log(f"Iteration {it}, loss = {self.smoothed_loss:.6g}, "
+                         f"lr = {self.rate:.6g}")
+                self._write_log(dict(record, kind="train"))
+            self._emit("on_iteration", record)
+            if p.snapshot and self.iter % p.snapshot == 0:
+                self.snapshot()
+        if self.requested_stop and self.last_snapshot_iter != self.iter:
+            self.snapshot()
+
+    def solve(self, resume=None):
+        """Train to max_iter (resuming from a .solverstate if given)."""
+        if resume:
+            self.restore(resume)
+        self.log(f"Solving {self.net.name or 'net'} ({self.type}, seed {self.seed}) "
+                 f"from iteration {self.iter} to {self.param.max_iter}")
+        self.step(self.param.max_iter - self.iter)
+        if self.requested_stop:
+            self.log(f"Stopped at iteration {self.iter}; snapshot written")
+            return
+        p = self.param
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        self.log("Optimization done.")
+
+    def request_stop(self, *_):
+        """Stop after the current iteration and snapshot (the SIGINT handler)."""
+        self.requested_stop = True
+
+    def install_sigint_handler(self):
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def _update_smoothed_loss(self, loss):
+        window = self.param.average_loss
+        self.losses.append(loss)
+        if len(self.losses) > window:
+            self.losses.pop(0)
+        self.smoothed_loss = sum(self.losses) / len(self.losses)
+
+    # ------------------------------------------------------------- tests --
+    def test_all(self):
+        return [self.test(i) for i in range(len(self.test_nets))]
+
+    def test(self, test_id=0):
+        """Run test_iter batches of test net ``test_id``; returns a dict of
+        output name -> mean value (arrays for vector outputs)."""
+        net = self.test_nets[test_id]
+        iters = self.param.test_iter[test_id]
+        sums = {}
+        loss = 0.0
+        for _ in range(iters):
+            loss += net.forward_prefilled()
+            for name in net.outputs:
+                value = np.asarray(net.blobs[name].data, dtype=np.float64)
+                sums[name] = sums.get(name, 0.0) + value
+        results = {k: (float(v) / iters if np.ndim(v) == 0 else v / iters)
+                   for k, v in sums.items()}
+        if self.param.test_compute_loss:
+            results["loss"] = loss / max(iters, 1)
+        for name, value in results.items():
+            shown = (f"{value:.6g}" if np.ndim(value) == 0
+                     else "[" + ", ".join(f"{v:.4g}" for v in np.ravel(value)) + "]")
+            self.log(f"Iteration {self.iter}, Testing net (#{test_id}): {name} = {shown}")
+        self._write_log({"kind": "test", "iter": self.iter, "test_net": test_id,
+                         "outputs": {k: (v if np.ndim(v) == 0 else np.ravel(v).tolist())
+                                     for k, v in results.items()}})
+        self._emit("on_test", test_id, results)
+        return results
+
+    # --------------------------------------------------------- snapshots --
+    def snapshot_prefix(self):
+        prefix = self.param.snapshot_prefix
+        if not prefix:
+            base = os.path.splitext(os.path.basename(self.source))[0]
+            prefix = os.path.join(self.base_dir, base)
+        elif not os.path.isabs(prefix):
+            prefix = os.path.join(self.base_dir, prefix)
+        return prefix
+
+    def _write_log(self, record):
+        if self.log_path is None:
+            self.log_path = self.snapshot_prefix() + "_log.jsonl"
+            os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
+        record = dict(record, time=time.time())
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def snapshot(self):
+        """Write <prefix>_iter_N.caffemodel and .solverstate (atomically)."""
+        prefix = self.snapshot_prefix()
+        model_path = f"{prefix}_iter_{self.iter}.caffemodel"
+        state_path = f"{prefix}_iter_{self.iter}.solverstate"
+        self.net.save(model_path, write_diff=self.param.snapshot_diff)
+        state = pb.SolverState(iter=self.iter, learned_net=os.path.basename(model_path),
+                               current_step=self.current_step, solver_type=self.type)
+        for h in self.history:
+            blob = state.history.add()
+            blob.shape.dim.extend(h.shape)
+            blob.data.extend(np.asarray(h, dtype=np.float32).ravel().tolist())
+        layer_state = {"train": self.net.state_dict(),
+                       "test": [n.state_dict() for n in self.test_nets]}
+        state.layer_state = json.dumps(layer_state)
+        state.smoothed_loss_window.extend(self.losses)
+        atomic_write(state_path, state.SerializeToString())
+        self.last_snapshot_iter = self.iter
+        self.log(f"Snapshotting to {model_path} and {state_path}")
+        self._emit("on_snapshot", (model_path, state_path))
+        return model_path, state_path
+
+    def restore(self, state_path):
+        """Continue from a .solverstate (and the .caffemodel it names)."""
+        state_path = os.fspath(state_path)
+        state = read_binary(state_path, pb.SolverState(), "solver state (.solverstate)")
+        if state.solver_type and state.solver_type != self.type:
+            raise SnapshotError(f"{state_path}: written by a {state.solver_type} solver, "
+                                f"this solver is {self.type}")
+        model = state.learned_net
+        if model and not os.path.isabs(model) and not os.path.exists(model):
+            model = os.path.join(os.path.dirname(os.path.abspath(state_path)), model)
+        if not model or not os.path.exists(model):
+            raise SnapshotError(f"{state_path}: its weights file '{state.learned_net}' "
+                                f"is missing")
+        self.net.copy_from(model)
+        if len(state.history) != len(self.history):
+            raise SnapshotError(f"{state_path}: holds {len(state.history)} history blobs, "
+                                f"this net needs {len(self.history)}")
+        for k, proto in enumerate(state.history):
+            values = np.asarray(proto.data, dtype=np.float32)
+            if values.size != self.history[k].size:
+                raise SnapshotError(f"{state_path}: history blob {k} has {values.size} "
+                                    f"values, expected {self.history[k].size}")
+            self.history[k][...] = self.net.xp.asarray(values.reshape(self.history[k].shape))
+        self.iter = int(state.iter)
+        self.current_step = int(state.current_step)
+        self.losses = list(state.smoothed_loss_window)
+        if self.losses:
+            self.smoothed_loss = sum(self.losses) / len(self.losses)
+        if state.layer_state:
+            layer_state = json.loads(state.layer_state)
+            self.net.load_state_dict(layer_state.get("train", {}))
+            for net, st in zip(self.test_nets, layer_state.get("test", [])):
+                net.load_state_dict(st)
+        self.log(f"Restored solver state from {state_path} at iteration {self.iter}")
+
+    def close(self):
+        self.net.close()
+        for net in self.test_nets:
+            net.close()

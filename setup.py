@@ -1,0 +1,53 @@
+"""layergraph: a Caffe-style deep-learning engine for metric learning."""
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithProto(build_py):
+    """Regenerate layergraph_pb2.py from protos/ when grpcio-tools is present,
+    so a build never ships a stale schema module."""
+
+    def run(self):
+        try:
+            from layergraph.proto.generate import main as generate  # noqa: F401
+            import grpc_tools  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            generate([])
+        super().run()
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="layergraph",
+    version="0.1.0",
+    description="Caffe-style deep-learning engine for metric learning (siamese/triplet nets)",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["layergraph", "layergraph.*"]),
+    package_data={
+        "layergraph.imagedb": ["mnist_sample/*"],
+    },
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.22",
+        "protobuf>=7.35.1,<8",
+        "lmdb>=1.4",
+        "pillow>=9.0",
+        "matplotlib>=3.5",
+        "scikit-learn>=1.1",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
+    },
+    entry_points={"console_scripts": ["layergraph=layergraph.cli:main"]},
+    cmdclass={"build_py": BuildPyWithProto},
+)
