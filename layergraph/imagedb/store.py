@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 
@@ -418,6 +419,38 @@ def decode_image(data, what):
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[::-1])
 
 
+# LMDB refuses to open the same files twice in one process: readers share one
+# read-only Environment per data file, reference-counted.
+_ENVS = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire_env(path, name):
+    st = os.stat(os.path.join(path, "data.mdb"))
+    key = (st.st_dev, st.st_ino)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            try:
+                env = lmdb.open(path, readonly=True, lock=False, subdir=True)
+            except lmdb.Error as e:
+                raise DataError(f"data source '{name}': cannot open LMDB {path} ({e})") from None
+            entry = _ENVS[key] = [env, 0]
+        entry[1] += 1
+        return key, entry[0]
+
+
+def _release_env(key):
+    with _ENVS_LOCK:
+        entry = _ENVS.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _ENVS[key]
+            entry[0].close()
+
+
 class Source:
     """A readable source: ``count`` records of shape ``shape`` (C, H, W).
 
@@ -431,16 +464,16 @@ class Source:
         self.name = name
         self.catalog = catalog
         self.backend = "IMAGEDB" if catalog is not None else "LMDB"
+        self._env_key, self.env = _acquire_env(path, name)
         try:
-            self.env = lmdb.open(path, readonly=True, lock=False, subdir=True)
-        except lmdb.Error as e:
-            raise DataError(f"data source '{name}': cannot open LMDB {path} ({e})") from None
-        with self.env.begin() as txn:
-            self.keys = list(txn.cursor().iternext(keys=True, values=False))
-            if not self.keys:
-                self.env.close()
-                raise DataError(f"data source '{name}' ({path}) is empty")
-            first = self._decode(txn.get(self.keys[0]), self.keys[0], check=False)[0]
+            with self.env.begin() as txn:
+                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+                if not self.keys:
+                    raise DataError(f"data source '{name}' ({path}) is empty")
+                first = self._decode(txn.get(self.keys[0]), self.keys[0], check=False)[0]
+        except BaseException:
+            self.close()
+            raise
         self.shape = tuple(first.shape)
         self.dtype = first.dtype
         self.count = len(self.keys)
@@ -470,27 +503,39 @@ class Source:
                             f"expected {self.shape} (all images of a source must be one size)")
         return img, d.label
 
+    def _assemble(self, records):
+        """Images and labels from (key, raw Datum) pairs.  Raw uint8 Datums of the
+        source's size take a fast path (one join of the pixel bytes)."""
+        c, h, w = self.shape
+        nbytes = c * h * w
+        fast = self.dtype == np.uint8
+        parse = pb.Datum.FromString
+        pixels, labels = [], []
+        for key, raw in records:
+            d = parse(raw) if fast else None
+            if fast and not d.encoded and len(d.data) == nbytes and d.height == h:
+                pixels.append(d.data)
+                labels.append(d.label)
+            else:
+                img, label = self._decode(raw, bytes(key))
+                pixels.append(img.astype(self.dtype, copy=False).tobytes())
+                labels.append(label)
+        out = np.frombuffer(b"".join(pixels), self.dtype).reshape((len(labels),) + self.shape)
+        return out, np.asarray(labels, np.int64).reshape(len(labels))
+
     def read(self, indices):
-        """Images (n, C, H, W) and int64 labels of the records at ``indices``."""
-        indices = np.asarray(indices, dtype=np.int64).ravel()
-        out = np.empty((len(indices),) + self.shape, self.dtype)
-        labels = np.empty(len(indices), np.int64)
+        """Images (n, C, H, W) (a read-only array) and int64 labels of the records
+        at ``indices``."""
         keys = self.keys
-        decode = self._decode
         with self.env.begin(buffers=True) as txn:
-            for j, i in enumerate(indices.tolist()):
-                key = keys[i]
-                out[j], labels[j] = decode(txn.get(key), key)
-        return out, labels
+            get = txn.get
+            return self._assemble(
+                (keys[i], get(keys[i])) for i in np.asarray(indices, np.int64).ravel().tolist())
 
     def read_all(self):
         """All images (count, C, H, W) and labels, in key order."""
-        out = np.empty((self.count,) + self.shape, self.dtype)
-        labels = np.empty(self.count, np.int64)
-        decode = self._decode
         with self.env.begin(buffers=True) as txn:
-            for j, (key, raw) in enumerate(txn.cursor()):
-                out[j], labels[j] = decode(raw, bytes(key))
+            out, labels = self._assemble(txn.cursor())
         if self._labels is None:
             self._labels = labels.copy()
         return out, labels
@@ -514,9 +559,16 @@ class Source:
                                            self.catalog.get("mean_file", MEAN_FILE)))
 
     def close(self):
-        env, self.env = getattr(self, "env", None), None
-        if env is not None:
-            env.close()
+        """Release the LMDB environment (idempotent)."""
+        if getattr(self, "env", None) is not None:
+            self.env = None
+            _release_env(self._env_key)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
     def __repr__(self):
         return f"<Source '{self.name}' {self.backend} {self.count}x{self.shape}>"

@@ -1,0 +1,200 @@
+"""``layergraph data ...``: create, list, show and delete image-database datasets.
+
+Wiring (main CLI)::
+
+    sub = parser.add_subparsers(dest="command")
+    add_data_commands(sub)
+    args = parser.parse_args()
+    return args.func(args)          # an exit code; DataError for user mistakes
+
+``--db DIR`` (on ``data`` or after any sub-command) sets $LAYERGRAPH_DB for the
+process, so Data layers of a net trained afterwards read the same database.
+"""
+import argparse
+import os
+import time
+
+from .errors import DataError
+from . import imagedb
+
+
+def _size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; expected HEIGHTxWIDTH, "
+                                         "e.g. 28x28") from None
+    return h, w
+
+
+def add_data_commands(subparsers):
+    """Register ``data`` and its sub-commands on an argparse subparsers object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="DIR", default=argparse.SUPPRESS,
+                        help="image database root (default: $LAYERGRAPH_DB or "
+                             "~/.layergraph/imagedb)")
+    data = subparsers.add_parser(
+        "data", parents=[common], help="create and inspect image-database datasets",
+        description="Create, list, show and delete datasets of the image database (LMDB). "
+                    "A dataset NAME has the sources NAME.training and NAME.testing.")
+    data.set_defaults(func=lambda args: _help(data))
+    sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
+
+    p = sub.add_parser("mnist", parents=[common], help="create a dataset from MNIST IDX files",
+                       description="Create a dataset from the four MNIST-layout IDX files "
+                                   "(gzip or plain; MNIST or Fashion-MNIST). Without --source: "
+                                   "download the official MNIST files when the network allows, "
+                                   "else use the MNIST sample shipped with layergraph.")
+    p.add_argument("--source", metavar="DIR", help="folder holding the four IDX files")
+    p.add_argument("--name", default="MNIST", help="dataset name (default: MNIST)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--no-download", action="store_true",
+                   help="without --source: use the shipped sample, do not try to download")
+    p.set_defaults(func=cmd_mnist)
+
+    p = sub.add_parser("copy", parents=[common], help="copy a dataset, capping images per label",
+                       description="Copy a dataset, keeping at most --max-per-label images of "
+                                   "each label in both sources (a random subset, fixed by "
+                                   "--seed).")
+    p.add_argument("--source", required=True, metavar="NAME", help="dataset to copy")
+    p.add_argument("--output", required=True, metavar="NAME", help="new dataset name")
+    p.add_argument("--max-per-label", type=int, metavar="N", help="cap per label and source")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random subset (default 0)")
+    p.add_argument("--auto-label", action="store_true",
+                   help="renumber the labels 0..L-1 in sorted order (MyCaffe's COPY creator)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("images", parents=[common], help="import a folder of PNG/JPEG images",
+                       description="Import images from DIR/<label>/*.png|jpg (one sub-folder "
+                                   "per label) with a per-label test split.")
+    p.add_argument("--dir", required=True, metavar="DIR", help="folder of label sub-folders")
+    p.add_argument("--name", required=True, help="dataset name")
+    p.add_argument("--size", type=_size, metavar="HxW",
+                   help="resize to HEIGHTxWIDTH, e.g. 28x28 (default: the first image's size)")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3),
+                   help="1 (gray) or 3 (RGB) (default 1)")
+    p.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                   help="share of each label put in the testing source (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("list", parents=[common], help="list the datasets")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", parents=[common],
+                       help="save a PNG of sample images per label and the mean image")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--out", metavar="FILE", help="PNG file (default: NAME.png)")
+    p.add_argument("--per-label", type=int, default=8, metavar="N",
+                   help="images per label (default 8)")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("delete", parents=[common], help="delete a dataset")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_delete)
+    return data
+
+
+def _help(parser):
+    parser.print_help()
+    return 2
+
+
+def _apply_db(args):
+    db = getattr(args, "db", None)
+    if db:
+        os.environ[imagedb.ENV_VAR] = os.path.abspath(os.path.expanduser(db))
+
+
+def _summary(info):
+    src = info["sources"]
+    return (f"{src['training']['name']} {src['training']['count']:,} images, "
+            f"{src['testing']['name']} {src['testing']['count']:,} images "
+            f"({info['channels']}x{info['height']}x{info['width']}, "
+            f"{len(set(src['training']['label_counts']) | set(src['testing']['label_counts']))}"
+            " labels)")
+
+
+def cmd_mnist(args):
+    _apply_db(args)
+    start = time.perf_counter()
+    info = imagedb.create_mnist(args.source, name=args.name, overwrite=args.overwrite,
+                                download=False if args.no_download else None)
+    print(f"created dataset {info['name']} from {info['origin']}")
+    print(f"  {_summary(info)} in {time.perf_counter() - start:.1f} s -> {info['path']}")
+    return 0
+
+
+def cmd_copy(args):
+    _apply_db(args)
+    info = imagedb.copy_dataset(args.source, args.output, max_per_label=args.max_per_label,
+                                seed=args.seed, auto_label=args.auto_label,
+                                overwrite=args.overwrite)
+    print(f"created dataset {info['name']}: {info['origin']}")
+    print(f"  {_summary(info)}")
+    return 0
+
+
+def cmd_images(args):
+    _apply_db(args)
+    info = imagedb.import_images(args.dir, args.name, size=args.size, channels=args.channels,
+                                 test_fraction=args.test_fraction, seed=args.seed,
+                                 overwrite=args.overwrite)
+    print(f"created dataset {info['name']} from {info['origin']}")
+    print(f"  {_summary(info)}")
+    return 0
+
+
+def cmd_list(args):
+    _apply_db(args)
+    root = imagedb.db_root()
+    names = imagedb.list_datasets()
+    if not names:
+        print(f"no datasets in {root} (create one with 'layergraph data mnist')")
+        return 0
+    print(f"datasets in {root}:")
+    rows = [("NAME", "SHAPE", "TRAINING", "TESTING", "LABELS")]
+    for name in names:
+        info = imagedb.dataset_info(name)
+        src = info["sources"]
+        labels = set(src["training"]["label_counts"]) | set(src["testing"]["label_counts"])
+        rows.append((name, f"{info['channels']}x{info['height']}x{info['width']}",
+                     f"{src['training']['count']:,}", f"{src['testing']['count']:,}",
+                     str(len(labels))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                               for i, (v, w) in enumerate(zip(r, widths))))
+    return 0
+
+
+def cmd_show(args):
+    _apply_db(args)
+    if args.per_label < 1:
+        raise DataError(f"--per-label must be at least 1, got {args.per_label}")
+    path, info = imagedb.show(args.name, out=args.out, per_label=args.per_label)
+    print(f"{info['name']}: {_summary(info)}")
+    print(f"  origin: {info.get('origin', 'unknown')}")
+    names = info.get("label_names", {})
+    train = info["sources"]["training"]["label_counts"]
+    test = info["sources"]["testing"]["label_counts"]
+    print("  label  training  testing" + ("  name" if names else ""))
+    for label in sorted(set(train) | set(test), key=lambda v: int(v)):
+        extra = f"  {names[label]}" if label in names else ""
+        print(f"  {label:>5}  {train.get(label, 0):>8}  {test.get(label, 0):>7}{extra}")
+    mean = imagedb.read_mean(args.name)
+    print(f"  mean image: min {mean.min():.1f}, max {mean.max():.1f}, "
+          f"average {mean.mean():.2f}")
+    print(f"saved {path}")
+    return 0
+
+
+def cmd_delete(args):
+    _apply_db(args)
+    imagedb.delete_dataset(args.name)
+    print(f"deleted dataset {args.name} from {imagedb.db_root()}")
+    return 0

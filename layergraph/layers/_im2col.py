@@ -1,0 +1,77 @@
+"""im2col / col2im on strided views, shared by the sliding-window layers.
+
+A 4-D image batch ``x`` has logical axes (N, C, H, W) whatever its memory
+order: a batch-last buffer (memory order C, H, W, N) is handed around as its
+transposed view.  :func:`window_view` exposes every kernel tap of every output
+position as one strided view (no copy):
+
+    view[c, i, j, n, y, z] = x[n, c, y*sh + i*dh, z*sw + j*dw]
+
+ordered (C, kh, kw, N, Ho, Wo), or (C, kh, kw, Ho, Wo, N) with
+``batch_last``.  Flattened, rows are (c, i, j) -- the order of a Caffe weight
+(O, C, kh, kw) -- and columns are the output positions, so a convolution is
+one matrix product ``W (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo)``.
+
+Why two column orders: copying a window view runs NumPy's inner loop over
+the last axis.  With few output columns (Wo = 8 in LeNet's second
+convolution) that loop is too short to be efficient; putting the batch last
+makes it Wo*N long at the price of transposing the input and the output.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+
+
+def conv_out_size(size, kernel, pad, stride, dilation=1):
+    """Caffe's convolution output size: floor((size + 2p - extent) / s) + 1,
+    extent = d*(k - 1) + 1; None when the kernel does not fit the padded input."""
+    extent = dilation * (kernel - 1) + 1
+    if size + 2 * pad < extent:
+        return None
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def window_view(x, kernel, stride, dilation, out_size, batch_last=False):
+    """Every kernel tap of every output position of ``x`` (logical N, C, H, W)
+    as a read/write strided view; see the module docstring for its axes."""
+    from numpy.lib.stride_tricks import as_strided as np_as_strided
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_size
+    n, c = x.shape[:2]
+    b_n, b_c, b_h, b_w = x.strides
+    taps = (c, kh, kw)
+    tap_strides = (b_c, b_h * dh, b_w * dw)
+    if batch_last:
+        shape = taps + (ho, wo, n)
+        strides = tap_strides + (b_h * sh, b_w * sw, b_n)
+    else:
+        shape = taps + (n, ho, wo)
+        strides = tap_strides + (b_n, b_h * sh, b_w * sw)
+    if isinstance(x, np.ndarray):
+        return np_as_strided(x, shape, strides)
+    from cupy.lib.stride_tricks import as_strided  # pragma: no cover - GPU
+    return as_strided(x, shape, strides)  # pragma: no cover - GPU
+
+
+def im2col(x, col, kernel, stride, dilation, out_size, batch_last=False):
+    """Copy the windows of ``x`` into the contiguous ``col`` buffer of shape
+    (C*kh*kw, N*Ho*Wo) (columns ordered as :func:`window_view` says)."""
+    xp = get_array_module(x)
+    view = window_view(x, kernel, stride, dilation, out_size, batch_last)
+    xp.copyto(col.reshape(view.shape), view)
+    return col
+
+
+def col2im(col, dx, kernel, stride, dilation, out_size, batch_last=False):
+    """The adjoint of :func:`im2col`: ``dx[window] += col`` for each kernel tap.
+
+    ``dx`` (logical N, C, Hp, Wp) is accumulated into, not cleared.  One
+    strided add per tap (kh*kw of them); within a tap the output positions
+    address distinct elements of ``dx``, so the add is well defined.
+    """
+    view = window_view(dx, kernel, stride, dilation, out_size, batch_last)
+    taps = col.reshape(view.shape)
+    for i in range(view.shape[1]):
+        for j in range(view.shape[2]):
+            view[:, i, j] += taps[:, i, j]
+    return dx
+

@@ -1,0 +1,212 @@
+"""Convolution: 2-D cross-correlation with learned filters (Caffe semantics).
+
+Bottom x (N, C, H, W); weight w (O, C/g, kh, kw); bias b (O,); top y
+(N, O, Ho, Wo), with g groups (input and output channels split into g equal
+blocks, block k of y seeing only block k of x):
+
+    y[n, o, r, s] = b[o] + sum_{c in group(o), i, j}
+                    w[o, c, i, j] * x[n, c, r*sh - ph + i*dh, s*sw - pw + j*dw]
+
+(x is zero outside the image), and
+
+    Ho = (H + 2*ph - (dh*(kh - 1) + 1)) / sh + 1    (integer division).
+
+Computed as im2col + one matrix product per group:
+y = w (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo).  Backward:
+
+    dw += dy @ col^T,   db += sum over n, r, s of dy,   dx = col2im(w^T @ dy).
+"""
+from ..layer import Layer, register_layer
+from ._im2col import col2im, conv_out_size, im2col
+
+#: Use batch-last columns when output rows are shorter than this (see _im2col).
+BATCH_LAST_BELOW = 16
+
+
+def spatial_pair(param, name, name_h, name_w, default):
+    """(h, w) from Caffe's repeated ``name`` or the ``name_h``/``name_w`` pair.
+    Returns a message string instead when the fields are inconsistent."""
+    values = list(getattr(param, name))
+    if param.HasField(name_h) or param.HasField(name_w):
+        if values:
+            return f"either {name} or {name_h}/{name_w} should be specified; not both"
+        return getattr(param, name_h), getattr(param, name_w)
+    if not values:
+        if default is None:
+            return f"{name} (or {name_h} and {name_w}) is required"
+        return default, default
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    return f"{name} must be given once or once per spatial axis (2), got {len(values)} values"
+
+
+@register_layer("Convolution")
+class Convolution(Layer):
+    exact_bottoms = 1
+    exact_tops = 1
+
+    # ---------------------------------------------------------- parameters --
+    def setup(self, bottom, top):
+        p = self.param.convolution_param
+        if p.axis != 1:
+            raise self.error(f"axis {p.axis} is not supported: the channel axis must be 1")
+        if bottom[0].num_axes != 4:
+            raise self.shape_error(
+                f"needs a 4-D bottom (N, C, H, W) (2-D spatial convolution only), "
+                f"got shape {bottom[0].shape}")
+        if top[0] is bottom[0]:
+            raise self.error("in-place computation is not supported")
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise self.error("num_output must be > 0")
+        dilation = list(p.dilation)
+        if len(dilation) > 2:
+            raise self.error(f"dilation must be given once or once per spatial axis (2), "
+                             f"got {len(dilation)} values")
+        pairs = {
+            "kernel": spatial_pair(p, "kernel_size", "kernel_h", "kernel_w", None),
+            "stride": spatial_pair(p, "stride", "stride_h", "stride_w", 1),
+            "pad": spatial_pair(p, "pad", "pad_h", "pad_w", 0),
+            "dilation": (tuple(dilation * 2)[:2] if dilation else (1, 1)),
+        }
+        for what, value in pairs.items():
+            if isinstance(value, str):
+                raise self.error(value)
+            if what != "pad" and min(value) <= 0:
+                raise self.error(f"{what} must be > 0, got {value[0]}x{value[1]}")
+        self.kernel = tuple(int(v) for v in pairs["kernel"])
+        self.stride = tuple(int(v) for v in pairs["stride"])
+        self.pad = tuple(int(v) for v in pairs["pad"])
+        self.dilation = tuple(int(v) for v in pairs["dilation"])
+        self.group = int(p.group)
+        self.channels = bottom[0].shape[1]
+        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
+            raise self.error(
+                f"group {self.group} must divide both the input channels ({self.channels}) "
+                f"and num_output ({self.num_output})")
+        self.bias_term = bool(p.bias_term)
+        kh, kw = self.kernel
+        self.blobs = [self.make_blob(
+            (self.num_output, self.channels // self.group, kh, kw), p.weight_filler)]
+        if self.bias_term:
+            self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
+        self._geometry = None
+
+    # -------------------------------------------------------------- shapes --
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) != 4 or shape[1] != self.channels:
+            raise self.shape_error(
+                f"bottom shape {shape} does not fit the weights "
+                f"{self.blobs[0].shape}: expected (N, {self.channels}, H, W)")
+        n, c, h, w = shape
+        ho = conv_out_size(h, self.kernel[0], self.pad[0], self.stride[0], self.dilation[0])
+        wo = conv_out_size(w, self.kernel[1], self.pad[1], self.stride[1], self.dilation[1])
+        if ho is None or wo is None:
+            extent = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation)]
+            raise self.shape_error(
+                f"kernel extent {extent[0]}x{extent[1]} is larger than the padded input "
+                f"{h + 2 * self.pad[0]}x{w + 2 * self.pad[1]} (bottom shape {shape})")
+        top[0].reshape((n, self.num_output, ho, wo))
+        geometry = (shape, bottom[0].dtype)
+        if geometry != self._geometry:
+            self._allocate(n, c, h, w, ho, wo)
+            self._geometry = geometry
+
+    def _allocate(self, n, c, h, w, ho, wo):
+        """Buffers reused across iterations (large arrays cost page faults
+        when allocated afresh)."""
+        xp, dt = self.xp, self.dtype
+        (ph, pw), (kh, kw) = self.pad, self.kernel
+        self.out_size = (ho, wo)
+        self.batch_last = wo < BATCH_LAST_BELOW
+        rows, cols = c * kh * kw, n * ho * wo
+        self._col = xp.empty((rows, cols), dtype=dt)
+        self._dcol = None                                  # backward only
+        self._out = xp.empty((self.num_output, cols), dtype=dt)
+        if self.batch_last:  # logical (N, O, Ho, Wo) view of (O, Ho, Wo, N)
+            self._out_nchw = self._out.reshape(self.num_output, ho, wo, n).transpose(3, 0, 1, 2)
+        else:                # logical (N, O, Ho, Wo) view of (O, N, Ho, Wo)
+            self._out_nchw = self._out.reshape(self.num_output, n, ho, wo).transpose(1, 0, 2, 3)
+        # Padded input / input gradient; None when x itself can be used.
+        self._needs_buffer = self.batch_last or ph > 0 or pw > 0
+        self._xpad = self._make_image((n, c, h + 2 * ph, w + 2 * pw)) if self._needs_buffer else None
+        self._dxpad = None
+        self._interior = (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + w))
+        self._ones = None
+
+    def _make_image(self, shape):
+        """A zeroed buffer with logical axes (N, C, H, W) in the memory order
+        the columns want (C, H, W, N when batch-last)."""
+        n, c, h, w = shape
+        if self.batch_last:
+            return self.xp.zeros((c, h, w, n), dtype=self.dtype).transpose(3, 0, 1, 2)
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    # ------------------------------------------------------------- forward --
+    def forward(self, bottom, top):
+        xp = self.xp
+        x = bottom[0].data
+        if self._needs_buffer:
+            xp.copyto(self._xpad[self._interior], x)
+            x = self._xpad
+        im2col(x, self._col, self.kernel, self.stride, self.dilation, self.out_size,
+               self.batch_last)
+        self._matmul(self.blobs[0].data, self._col, self._out)
+        if self.bias_term:
+            xp.add(self._out_nchw, self.blobs[1].data[None, :, None, None], out=top[0].data)
+        else:
+            xp.copyto(top[0].data, self._out_nchw)
+
+    def _matmul(self, weight, col, out):
+        """out (O, P) = weight (O, C/g*kh*kw) @ col (C*kh*kw, P), group by group."""
+        g = self.group
+        w2 = weight.reshape(self.num_output, -1)
+        if g == 1:
+            self.xp.dot(w2, col, out=out)
+        else:
+            self.xp.matmul(w2.reshape(g, self.num_output // g, -1),
+                           col.reshape(g, -1, col.shape[1]),
+                           out=out.reshape(g, self.num_output // g, -1))
+
+    # ------------------------------------------------------------ backward --
+    def backward(self, top, propagate_down, bottom):
+        xp, g, o = self.xp, self.group, self.num_output
+        dy = self._out                 # the forward output buffer is free now
+        xp.copyto(self._out_nchw, top[0].diff)
+        if self.bias_term:
+            if self._ones is None:
+                self._ones = xp.ones(dy.shape[1], dtype=self.dtype)
+            self.blobs[1].diff[...] += xp.dot(dy, self._ones)
+        weight = self.blobs[0]
+        col = self._col
+        if g == 1:
+            weight.diff[...] += xp.dot(dy, col.T).reshape(weight.shape)
+        else:
+            dy_g = dy.reshape(g, o // g, -1)
+            col_g = col.reshape(g, -1, col.shape[1])
+            weight.diff[...] += xp.matmul(dy_g, col_g.transpose(0, 2, 1)).reshape(weight.shape)
+        if not propagate_down[0]:
+            return
+        if self._dcol is None:
+            self._dcol = xp.empty_like(col)
+        w2 = weight.data.reshape(o, -1)
+        if g == 1:
+            xp.dot(w2.T, dy, out=self._dcol)
+        else:
+            xp.matmul(w2.reshape(g, o // g, -1).transpose(0, 2, 1), dy.reshape(g, o // g, -1),
+                      out=self._dcol.reshape(g, -1, col.shape[1]))
+        if self._needs_buffer:
+            if self._dxpad is None:
+                self._dxpad = self._make_image(self._xpad.shape)
+            dx = self._dxpad
+        else:
+            dx = bottom[0].diff
+        dx.fill(0)
+        col2im(self._dcol, dx, self.kernel, self.stride, self.dilation, self.out_size,
+               self.batch_last)
+        if dx is not bottom[0].diff:
+            xp.copyto(bottom[0].diff, dx[self._interior])
+

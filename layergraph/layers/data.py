@@ -1,0 +1,523 @@
+"""Data: batches of images and labels from the image database or a Caffe LMDB.
+
+Tops: ``data`` (N, C', H', W') and, optionally, ``label``.  Caffe's Data layer
+with MyCaffe's extensions:
+
+* source / backend: ``backend: IMAGEDB`` reads dataset source
+  ``<DATASET>.training`` / ``<DATASET>.testing`` from the image database
+  ($LAYERGRAPH_DB or ~/.layergraph/imagedb); ``backend: LMDB`` reads an LMDB
+  folder written by BVLC Caffe's tools (a dataset source name works too);
+  ``LEVELDB`` is refused with a hint to convert.  Backend unset: whichever of
+  the two the source is.
+* order: database order (wrapping around, optional ``rand_skip``), or with
+  ``enable_random_selection`` a fresh random permutation each epoch;
+  ``labels_per_batch`` P x ``images_per_label`` K gives label-balanced
+  batches (P labels, K images each, contiguous per label) visiting every
+  image once per epoch as far as the label counts allow.
+* pairs (MyCaffe): ``images_per_blob: 2`` stacks a second image along the
+  channels (C' = 2C).  ``balance_matches`` makes the pairs alternate exactly
+  same-label / different-label (item p of the stream, p = k * N + i, is a
+  match iff p is even); otherwise the partner is uniform.  The label top is
+  (N, 2) (both labels) with ``output_all_labels``, else the similarity (N,)
+  = 1 if the labels agree, 0 if not.
+* transform_param, in Caffe's order per image x (uint8 C x H x W)::
+
+      y = scale * (mirror(crop(convert(x) - mean)))
+
+  convert: force_color (1 -> 3 channels) / force_gray (3 -> 1, ITU-R 601
+  luma), then color_order BGR swaps the channels of colour images (the image
+  database stores RGB; LMDB sources as stored, Caffe's tools write BGR).
+  mean: mean_file (.binaryproto), mean_value (1 or C values) or
+  use_imagedb_mean (the dataset's training mean).  crop_size: a random
+  window in TRAIN, the centre otherwise.  mirror: a random horizontal flip
+  with probability 1/2 (in every phase, as in Caffe).  MyCaffe's
+  distortion_param / mask_param / label_mapping are accepted while inactive
+  (an active distortion whose probabilities are all 0 is a no-op); an
+  active one is an error.
+
+Determinism and resume: batch k is a pure function of (seed, layer name, k)
+and the source, where seed = the net's random seed + data_param.seed.  Its
+random draws come from ``default_rng(SeedSequence([seed, crc32(name), k]))``
+and epoch permutations from ``SeedSequence([seed, crc32(name), EPOCH, e])``.
+The batch counter is in :meth:`state_dict`, so a resumed run gets the same
+next batches.  LOAD_ALL (whole source in memory at set-up) and
+LOAD_ON_DEMAND (records read from LMDB on first use, then cached) give
+identical batches.
+
+A daemon thread prepares the next ``prefetch`` batches (data_param.prefetch;
+0: no thread, each batch made in forward).  :meth:`close` stops it; it is
+also stopped when the layer is garbage-collected and at interpreter exit.
+The label top has the net's dtype (float), like Caffe's.
+"""
+import queue
+import threading
+import weakref
+import zlib
+
+import numpy as np
+
+from ..errors import DataError, LayergraphError
+from ..imagedb.store import open_source, read_mean_file
+from ..layer import Layer, register_layer
+from ..proto import pb
+
+EPOCH_TAG = 0x45504F43   # "EPOC": the stream of epoch permutations
+SKIP_TAG = 0x534B4950    # "SKIP": the rand_skip draw
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # R, G, B weights
+
+
+def _active(msg):
+    """MyCaffe writes 'option { active: ... }' and, for distortions, 'active: ...'."""
+    on = msg.HasField("option") and msg.option.active
+    if "active" in msg.DESCRIPTOR.fields_by_name:
+        on = on or msg.active
+    return on
+
+
+# ---------------------------------------------------------------- transform --
+
+class _Transform:
+    """Caffe's DataTransformer for uint8 batches (n, C, H, W) -> float."""
+
+    def __init__(self, layer, tp, dp, source):
+        c, h, w = source.shape
+        scale = tp.scale if tp.HasField("scale") or not dp.HasField("scale") else dp.scale
+        self.scale = float(scale)
+        self.mirror = bool(tp.mirror or dp.mirror)
+        self.crop = int(tp.crop_size or dp.crop_size)
+        self.random_crop = layer.phase == pb.TRAIN
+        mean_file = tp.mean_file or dp.mean_file
+        if tp.force_color and tp.force_gray:
+            raise layer.error("transform_param: force_color and force_gray are exclusive")
+        self.to_color = bool(tp.force_color or dp.force_encoded_color) and c == 1
+        self.to_gray = bool(tp.force_gray) and c == 3
+        self.stored_order = source.color_order
+        cc = 3 if self.to_color else 1 if self.to_gray else c
+        self.swap = tp.color_order == pb.TransformationParameter.BGR and cc == 3
+        self._check_extensions(layer, tp)
+        if self.crop and (self.crop > h or self.crop > w):
+            raise layer.shape_error(f"crop_size {self.crop} exceeds the image size {h}x{w} "
+                                    f"of source '{source.name}'")
+
+        sources = [bool(mean_file), len(tp.mean_value) > 0, tp.use_imagedb_mean]
+        if sum(sources) > 1:
+            raise layer.error("transform_param: give only one of mean_file, mean_value and "
+                              "use_imagedb_mean")
+        self.mean = None
+        if mean_file:
+            mean = read_mean_file(mean_file)
+            if mean.ndim == 2:
+                mean = mean[None]
+            if mean.shape != (cc, h, w):
+                raise layer.shape_error(f"mean_file {mean_file} has shape {mean.shape}; the "
+                                        f"images are {(cc, h, w)}")
+            self.mean = mean.astype(np.float32)
+        elif len(tp.mean_value):
+            values = np.asarray(tp.mean_value, np.float32)
+            if len(values) not in (1, cc):
+                raise layer.error(f"transform_param: {len(values)} mean_value(s) for {cc} "
+                                  "channels (give 1 or one per channel)")
+            self.mean = np.broadcast_to(values, (cc,)).reshape(cc, 1, 1).copy()
+        elif tp.use_imagedb_mean:
+            mean = source.mean()
+            if mean is None:
+                raise layer.error(f"use_imagedb_mean: source '{source.name}' is not in the image "
+                                  "database (it has no stored mean); use mean_file instead")
+            self.mean = self._convert(mean[None].astype(np.float32))[0]
+        side = self.crop or None
+        self.out_shape = (cc, side or h, side or w)
+
+    @staticmethod
+    def _check_extensions(layer, tp):
+        d = tp.distortion_param
+        if tp.HasField("distortion_param") and _active(d):
+            probs = (d.brightness_prob, d.contrast_prob, d.hue_prob, d.saturation_prob,
+                     d.random_order_prob)
+            if any(p > 0 for p in probs):
+                raise layer.error("transform_param.distortion_param is active with non-zero "
+                                       "probabilities; image distortion is not supported "
+                                       "(set option { active: False })")
+        m = tp.mask_param
+        if tp.HasField("mask_param") and _active(m) and any(
+                (m.boundary_left, m.boundary_right, m.boundary_top, m.boundary_bottom)):
+            raise layer.error("transform_param.mask_param is active; masking is not "
+                                   "supported (set option { active: False })")
+        lm = tp.label_mapping
+        if tp.HasField("label_mapping") and _active(lm) and len(lm.mapping):
+            raise layer.error("transform_param.label_mapping is active; label mapping is "
+                                   "not supported (set option { active: False })")
+
+    def _convert(self, x):
+        if self.to_color:
+            x = np.repeat(x, 3, axis=1)
+        elif self.to_gray:
+            weights = _LUMA if self.stored_order == "RGB" else _LUMA[::-1]
+            x = np.tensordot(x, weights, axes=([1], [0]))[:, None]
+        if self.swap:
+            x = x[:, ::-1]
+        return x
+
+    def __call__(self, images, rng, dtype):
+        """Draws (in order): crop offsets (TRAIN, crop_size), mirror flips."""
+        x = self._convert(images.astype(np.float32))
+        if self.mean is not None:
+            x = x - self.mean
+        n, _, h, w = x.shape
+        if self.crop:
+            cs = self.crop
+            if self.random_crop:
+                h_off = rng.integers(0, h - cs + 1, size=n)
+                w_off = rng.integers(0, w - cs + 1, size=n)
+                span = np.arange(cs)
+                rows = (h_off[:, None] + span)[:, None, :, None]
+                cols = (w_off[:, None] + span)[:, None, None, :]
+                x = x[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                      rows, cols]
+            else:
+                top, left = (h - cs) // 2, (w - cs) // 2
+                x = x[:, :, top:top + cs, left:left + cs]
+        if self.mirror:
+            flip = rng.random(n) < 0.5
+            x[flip] = x[flip][..., ::-1]
+        if self.scale != 1:
+            x = x * np.float32(self.scale)
+        return np.ascontiguousarray(x, dtype=dtype)
+
+
+# -------------------------------------------------------------------- plan --
+
+class _BatchPlan:
+    """Everything that defines batch k; used by the prefetch thread only
+    (or by forward when prefetch is 0).  Holds no reference to the layer."""
+
+    def __init__(self, layer, source, transform):
+        dp = layer.param.data_param
+        self.source = source
+        self.transform = transform
+        self.dtype = layer.dtype
+        self.seed = (layer.seed + dp.seed) & 0xFFFFFFFF
+        self.crc = zlib.crc32(layer.name.encode())
+        self.batch_size = int(dp.batch_size)
+        self.n = source.count
+        self.random = bool(dp.enable_random_selection)
+        self.pair = dp.images_per_blob == 2
+        self.balance = self.pair and dp.balance_matches
+        self.all_labels = self.pair and dp.output_all_labels
+        self.P, self.K = int(dp.labels_per_batch), int(dp.images_per_label)
+        self.pxk = self.P > 0 or self.K > 0
+        skip_rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.crc, SKIP_TAG]))
+        self.skip = int(skip_rng.integers(dp.rand_skip + 1)) if dp.rand_skip else 0
+        self._epochs = {}
+        # images: LOAD_ALL reads everything now; LOAD_ON_DEMAND fills the cache lazily
+        self.on_demand = dp.load_method == pb.DataParameter.LOAD_ON_DEMAND
+        if self.on_demand:
+            self.images = np.empty((self.n,) + source.shape, source.dtype)
+            self.labels = np.empty(self.n, np.int64)
+            self.loaded = np.zeros(self.n, bool)
+        else:
+            self.images, self.labels = source.read_all()
+            self.loaded = None
+        if self.balance or self.pxk:
+            self.labels = source.labels().copy() if self.on_demand else self.labels
+            self._index_labels(layer)
+
+    def _index_labels(self, layer):
+        values, inverse, counts = np.unique(self.labels, return_inverse=True, return_counts=True)
+        self.label_values, self.label_of = values, inverse          # label id per image
+        self.by_label = np.argsort(inverse, kind="stable")           # images grouped by label
+        self.label_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.label_size = counts
+        self.rank = np.empty(self.n, np.int64)                        # position within its label
+        self.rank[self.by_label] = np.arange(self.n) - np.repeat(self.label_start, counts)
+        if self.balance and len(values) < 2:
+            raise layer.error(f"balance_matches needs at least two labels; source "
+                              f"'{self.source.name}' has only label {values[0]}")
+        if self.pxk:
+            if self.P < 1 or self.K < 1:
+                raise layer.error("labels_per_batch and images_per_label must both be set "
+                                  f"(got {self.P} and {self.K})")
+            if self.P * self.K != self.batch_size:
+                raise layer.error(f"batch_size {self.batch_size} must equal labels_per_batch x "
+                                  f"images_per_label = {self.P} x {self.K}")
+            if self.P > len(values):
+                raise layer.error(f"labels_per_batch {self.P} exceeds the {len(values)} labels "
+                                  f"of source '{self.source.name}'")
+            self.batches_per_epoch = self._count_pxk_batches()
+
+    # -------------------------------------------------------- selection --
+    def _rng(self, *key):
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.crc, *key]))
+
+    def _epoch(self, e, make):
+        cached = self._epochs.get(e)
+        if cached is None:
+            if len(self._epochs) >= 3:
+                self._epochs.pop(min(self._epochs))
+            cached = self._epochs[e] = make(e)
+        return cached
+
+    def _stream(self, k):
+        """Record indices of the first images of batch k (sequential or random)."""
+        p = k * self.batch_size + self.skip + np.arange(self.batch_size, dtype=np.int64)
+        if not self.random:
+            return p % self.n
+        epochs, pos = np.divmod(p, self.n)
+        out = np.empty_like(p)
+        for e in np.unique(epochs).tolist():
+            perm = self._epoch(e, lambda e: self._rng(EPOCH_TAG, e).permutation(self.n))
+            sel = epochs == e
+            out[sel] = perm[pos[sel]]
+        return out
+
+    def _partners(self, k, first, rng):
+        """The second image of each pair (draws: one uniform per item)."""
+        u = rng.random(len(first))
+        if not self.balance:
+            return np.minimum((u * self.n).astype(np.int64), self.n - 1)
+        p = k * self.batch_size + np.arange(len(first))
+        lab = self.label_of[first]
+        size = self.label_size[lab]
+        start = self.label_start[lab]
+        # same label, another image: uniform over the label's other members
+        r = np.minimum((u * (size - 1)).astype(np.int64), np.maximum(size - 2, 0))
+        r = r + (r >= self.rank[first])
+        same = np.where(size > 1, self.by_label[start + np.minimum(r, size - 1)], first)
+        # different label: uniform over all images outside the label
+        r = np.minimum((u * (self.n - size)).astype(np.int64), self.n - size - 1)
+        r = r + (r >= start) * size
+        diff = self.by_label[r]
+        return np.where(p % 2 == 0, same, diff)
+
+    def _count_pxk_batches(self):
+        counts = -(-self.label_size // self.K)  # chunks of K per label
+        batches = 0
+        while (counts > 0).sum() >= self.P:
+            top = np.argsort(-counts, kind="stable")[:self.P]
+            counts[top] -= 1
+            batches += 1
+        return batches + int(counts.sum() > 0)
+
+    def _pxk_epoch(self, e):
+        """Batches (M, P*K) of epoch e: each label's images in chunks of K (the
+        last chunk padded with other images of that label), P chunks of
+        distinct labels per batch, most-remaining labels first, batch order
+        shuffled."""
+        rng = self._rng(EPOCH_TAG, e)
+        P, K = self.P, self.K
+        chunks = []
+        for lab in range(len(self.label_values)):
+            members = self.by_label[self.label_start[lab]:self.label_start[lab] + self.label_size[lab]]
+            order = rng.permutation(members)
+            need = (-len(order)) % K
+            if need:
+                pool = order[:len(order) - len(order) % K] if len(order) >= K else order
+                order = np.concatenate([order, rng.choice(pool, need, replace=len(pool) < need)])
+            chunks.append(list(order.reshape(-1, K)))
+        remaining = np.array([len(c) for c in chunks])
+        batches = []
+        while (remaining > 0).sum() >= P:
+            top = np.lexsort((rng.random(len(remaining)), -remaining))[:P]
+            batches.append(np.concatenate([chunks[lab][remaining[lab] - 1] for lab in top]))
+            remaining[top] -= 1
+        left = np.flatnonzero(remaining > 0)
+        if len(left):  # fewer than P labels left: complete with random chunks of others
+            others = np.setdiff1d(np.arange(len(remaining)), left)
+            fill = rng.choice(others, P - len(left), replace=False)
+            parts = [chunks[lab][remaining[lab] - 1] for lab in left]
+            for lab in fill:
+                members = self.by_label[self.label_start[lab]:
+                                        self.label_start[lab] + self.label_size[lab]]
+                parts.append(rng.choice(members, K, replace=len(members) < K))
+            batches.append(np.concatenate(parts))
+        batches = np.stack(batches)
+        return batches[rng.permutation(len(batches))]
+
+    # ------------------------------------------------------------ images --
+    def _fetch(self, idx):
+        if self.on_demand:
+            missing = np.unique(idx[~self.loaded[idx]])
+            if len(missing):
+                images, labels = self.source.read(missing)
+                self.images[missing] = images
+                self.labels[missing] = labels
+                self.loaded[missing] = True
+        return self.images[idx], self.labels[idx]
+
+    def batch(self, k):
+        """(data, label) of batch k, both in the net's dtype."""
+        rng = self._rng(k)
+        if self.pxk:
+            e, i = divmod(k, self.batches_per_epoch)
+            first = self._epoch(e, self._pxk_epoch)[i]
+        else:
+            first = self._stream(k)
+        images, labels = self._fetch(first)
+        data = self.transform(images, rng, self.dtype)
+        if not self.pair:
+            return data, labels.astype(self.dtype)
+        second = self._partners(k, first, rng)
+        images2, labels2 = self._fetch(second)
+        data = np.concatenate([data, self.transform(images2, rng, self.dtype)], axis=1)
+        if self.all_labels:
+            return data, np.stack([labels, labels2], axis=1).astype(self.dtype)
+        return data, (labels == labels2).astype(self.dtype)
+
+
+# ----------------------------------------------------------------- prefetch --
+
+class _Prefetcher:
+    """A daemon thread that puts (k, batch) for k = start, start+1, ... into a
+    bounded queue."""
+
+    def __init__(self, plan, start, depth, name):
+        self.queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(plan, start, self.queue, self.stop),
+                                       name=f"layergraph-data-{name}", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _run(plan, k, q, stop):
+        while not stop.is_set():
+            try:
+                item = (k, plan.batch(k))
+            except BaseException as e:  # handed to forward, which re-raises it
+                item = (k, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item[1], BaseException):
+                return
+            k += 1
+
+    def get(self):
+        while True:
+            try:
+                k, item = self.queue.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    raise DataError("the data prefetch thread stopped unexpectedly") from None
+        if isinstance(item, BaseException):
+            raise item
+        return k, item
+
+    def close(self):
+        self.stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=30)
+
+
+class _Resources:
+    """What the layer must release: the prefetch thread and the source.
+    Separate from the layer so that a finalizer can close it."""
+
+    def __init__(self):
+        self.prefetcher = None
+        self.source = None
+
+    def stop_prefetch(self):
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+
+    def close(self):
+        self.stop_prefetch()
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+# -------------------------------------------------------------------- layer --
+
+@register_layer("Data")
+class DataLayer(Layer):
+    exact_bottoms = 0
+    min_tops = 1
+    max_tops = 2
+    has_backward = False
+
+    _BACKENDS = {pb.DataParameter.LEVELDB: "LEVELDB", pb.DataParameter.LMDB: "LMDB",
+                 pb.DataParameter.IMAGEDB: "IMAGEDB"}
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, self._res.close)
+        self._batch = 0
+
+    def setup(self, bottom, top):
+        dp = self.param.data_param
+        if not dp.source:
+            raise self.error("data_param.source is required")
+        if dp.batch_size < 1:
+            raise self.error(f"data_param.batch_size must be at least 1, got {dp.batch_size}")
+        if dp.images_per_blob not in (1, 2):
+            raise self.error(f"images_per_blob must be 1 or 2, got {dp.images_per_blob}")
+        if dp.images_per_blob == 2 and (dp.labels_per_batch or dp.images_per_label):
+            raise self.error("images_per_blob 2 (pairs) cannot be combined with "
+                             "labels_per_batch/images_per_label")
+        backend = self._BACKENDS[dp.backend] if dp.HasField("backend") else None
+        self._res.close()  # set up again: release the previous source
+        try:
+            source = self._res.source = open_source(dp.source, backend)
+        except LayergraphError as e:
+            raise type(e)(f"layer '{self.name}' ({self.type}): {e}") from None
+        transform = _Transform(self, self.param.transform_param, dp, source)
+        self._plan = _BatchPlan(self, source, transform)
+        self._depth = int(dp.prefetch)
+        n, c = int(dp.batch_size), transform.out_shape[0] * int(dp.images_per_blob)
+        self._data_shape = (n, c) + transform.out_shape[1:]
+        self._label_shape = (n, 2) if self._plan.all_labels else (n,)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self._data_shape)
+        if len(top) > 1:
+            top[1].reshape(self._label_shape)
+
+    def forward(self, bottom, top):
+        k = self._batch
+        if self._res.source is None:
+            raise self.error("the layer was closed")
+        if self._depth <= 0:
+            data, labels = self._plan.batch(k)
+        else:
+            if self._res.prefetcher is None:
+                self._res.prefetcher = _Prefetcher(self._plan, k, self._depth, self.name)
+            got, (data, labels) = self._res.prefetcher.get()
+            if got != k:  # pragma: no cover - the counter and the thread disagree
+                raise DataError(f"layer '{self.name}': prefetched batch {got}, expected {k}")
+        top[0].data[...] = self.xp.asarray(data)
+        if len(top) > 1:
+            top[1].data[...] = self.xp.asarray(labels)
+        self._batch = k + 1
+
+    # ------------------------------------------------------------ state --
+    @property
+    def batch_index(self):
+        """The number of the next batch forward will output."""
+        return self._batch
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["batch"] = self._batch
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        batch = int(state.get("batch", 0))
+        if batch != self._batch:
+            self._res.stop_prefetch()  # restarts at the restored counter on next forward
+            self._batch = batch
+
+    def close(self):
+        """Stop the prefetch thread and release the source (idempotent)."""
+        self._finalizer()

@@ -1,0 +1,84 @@
+"""InnerProduct: a fully connected layer (Caffe semantics).
+
+The bottom is viewed as a matrix x (M, K): M = product of the axes before
+``axis`` (default 1), K = product of the rest.  Weight w (O, K), or (K, O)
+with ``transpose: true``; bias b (O,).  Top y has shape
+bottom.shape[:axis] + (O,):
+
+    y = x w^T + b                (w^T read as w when transposed)
+
+Backward:
+
+    dw += dy^T x  (transpose: x^T dy),   db += sum_m dy[m],   dx = dy w  (transpose: dy w^T)
+"""
+from ..layer import Layer, register_layer
+
+
+@register_layer("InnerProduct")
+class InnerProduct(Layer):
+    exact_bottoms = 1
+    exact_tops = 1
+
+    # ---------------------------------------------------------- parameters --
+    def setup(self, bottom, top):
+        p = self.param.inner_product_param
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise self.error("num_output must be > 0")
+        if top[0] is bottom[0]:
+            raise self.error("in-place computation is not supported")
+        self.axis = self._axis(bottom[0])
+        self.bias_term = bool(p.bias_term)
+        self.transpose = bool(p.transpose)
+        k = bottom[0].count_range(self.axis)
+        shape = (k, self.num_output) if self.transpose else (self.num_output, k)
+        self.blobs = [self.make_blob(shape, p.weight_filler)]
+        if self.bias_term:
+            self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
+
+    def _axis(self, blob):
+        axis = self.param.inner_product_param.axis
+        if not -blob.num_axes <= axis < blob.num_axes:
+            raise self.shape_error(f"axis {axis} is out of range for bottom shape {blob.shape}")
+        return axis % blob.num_axes
+
+    # -------------------------------------------------------------- shapes --
+    def reshape(self, bottom, top):
+        self.axis = self._axis(bottom[0])
+        k = bottom[0].count_range(self.axis)
+        expected = self.blobs[0].shape[0 if self.transpose else 1]
+        if k != expected:
+            raise self.shape_error(
+                f"bottom shape {bottom[0].shape} flattens to {k} inputs from axis {self.axis}, "
+                f"but the weight {self.blobs[0].shape} expects {expected}")
+        self.rows = bottom[0].count_range(0, self.axis)
+        top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
+
+    # ------------------------------------------------------------- forward --
+    def forward(self, bottom, top):
+        x = bottom[0].data.reshape(self.rows, -1)
+        w = self.blobs[0].data
+        y = top[0].data.reshape(self.rows, self.num_output)
+        self.xp.dot(x, w if self.transpose else w.T, out=y)
+        if self.bias_term:
+            y += self.blobs[1].data
+
+    # ------------------------------------------------------------ backward --
+    def backward(self, top, propagate_down, bottom):
+        xp = self.xp
+        dy = top[0].diff.reshape(self.rows, self.num_output)
+        x = bottom[0].data.reshape(self.rows, -1)
+        weight = self.blobs[0]
+        if self.transpose:
+            weight.diff[...] += xp.dot(x.T, dy)
+        else:
+            weight.diff[...] += xp.dot(dy.T, x)
+        if self.bias_term:
+            self.blobs[1].diff[...] += dy.sum(axis=0)
+        if propagate_down[0]:
+            w = weight.data.T if self.transpose else weight.data
+            dx = bottom[0].diff
+            if dx.flags.c_contiguous:
+                xp.dot(dy, w, out=dx.reshape(self.rows, -1))
+            else:  # a strided view: reshape would copy
+                dx[...] = xp.dot(dy, w).reshape(dx.shape)

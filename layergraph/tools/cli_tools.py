@@ -1,0 +1,88 @@
+"""CLI commands for templates and evaluation: new, test-many, inspect."""
+import os
+
+from ..errors import LayergraphError
+
+
+def _set_db(args):
+    if getattr(args, "db", None):
+        os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
+
+
+def cmd_new(args):
+    from .evaluate import new_from_template
+    from ..imagedb.store import dataset_exists
+    written = new_from_template(args.template, args.dataset, args.out, force=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    _set_db(args)
+    if args.dataset and not dataset_exists(args.dataset):
+        print(f"note: dataset '{args.dataset}' does not exist yet; create it with "
+              f"'layergraph data ...' before training")
+    print(f"train with: layergraph train --solver {os.path.join(args.out, 'solver.prototxt')}")
+    return 0
+
+
+def cmd_test_many(args):
+    from .evaluate import test_many
+    _set_db(args)
+    if args.count is not None and args.count <= 0:
+        raise LayergraphError("--count must be positive")
+    test_many(args.model, args.weights, args.dataset, split=args.split,
+              count=None if args.all else args.count, batch_size=args.batch_size,
+              centroids=args.centroids, out=args.out, seed=args.seed)
+    return 0
+
+
+def cmd_inspect(args):
+    from .evaluate import inspect
+    _set_db(args)
+    if not args.out and not args.projector:
+        raise LayergraphError("give --out (t-SNE PNG) and/or --projector DIR")
+    inspect(args.model, args.weights, args.layer, args.dataset, out=args.out,
+            split=args.split, count=None if args.all else args.count,
+            projector=args.projector, seed=args.seed)
+    return 0
+
+
+def add_commands(sub):
+    p = sub.add_parser("new", help="start a model from a template (model_templates/)")
+    p.add_argument("--template", required=True, help="TripletNet_28x28 or Siamese_28x28")
+    p.add_argument("--dataset", help="dataset whose .training/.testing sources to use")
+    p.add_argument("--out", required=True, help="directory to create")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_new)
+
+    p = sub.add_parser("test-many", help="classify a dataset split; accuracy per label, "
+                                         "confusion matrix")
+    p.add_argument("--model", required=True, help="train_val (or deploy) prototxt")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="testing", choices=["training", "testing"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--count", type=int, default=1000, help="random images (default 1000)")
+    group.add_argument("--all", action="store_true", help="every image of the split")
+    p.add_argument("--centroids", default="model", choices=["model", "training"],
+                   help="model: the Decode layer's learned centroids; training: recompute "
+                        "them from the training split with the final weights")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory for report.json and confusion.png")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_test_many)
+
+    p = sub.add_parser("inspect", help="t-SNE picture / projector files of embeddings")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--layer", required=True, help="blob, layer or Debug layer name")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--split", default="testing", choices=["training", "testing"])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--count", type=int, default=2000)
+    group.add_argument("--all", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="t-SNE scatter PNG")
+    p.add_argument("--projector", help="directory for tensors.tsv and metadata.tsv")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_inspect)
