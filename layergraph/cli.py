@@ -78,6 +78,12 @@ def cmd_train(args):
         overrides["max_iter"] = args.iterations
     if args.seed is not None:
         overrides["random_seed"] = args.seed
+    if args.snapshot_prefix:
+        overrides["snapshot_prefix"] = os.path.abspath(args.snapshot_prefix)
+    if args.model:
+        if not os.path.exists(args.model):
+            raise LayergraphError(f"{args.model}: no such file")
+        overrides["net"] = os.path.abspath(args.model)
     progress = _Progress(0, 0, args.quiet)
     solver = Solver(args.solver, log=progress.write, overrides=overrides)
     try:
@@ -195,9 +201,13 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a net from a solver prototxt")
     p.add_argument("--solver", required=True, help="solver prototxt")
+    p.add_argument("--model", help="the train/test net, for solver files that name none "
+                                   "(MyCaffe's) or to replace the one they name")
     p.add_argument("--weights", help="initial weights (.caffemodel), comma-separated list")
     p.add_argument("--snapshot", help="resume from a .solverstate")
     p.add_argument("--iterations", type=int, help="override max_iter")
+    p.add_argument("--snapshot-prefix", help="override snapshot_prefix (where snapshots and "
+                                             "the training log go)")
     p.add_argument("--seed", type=int, help="override random_seed")
     p.add_argument("--db", help="image database root (default ~/.layergraph/imagedb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -167,6 +167,9 @@ class Solver:
             self.param = read_solver(self.source)
             self.base_dir = os.path.dirname(os.path.abspath(self.source))
         for key, value in (overrides or {}).items():
+            if key == "net":
+                for field in ("net_param", "train_net", "train_net_param"):
+                    self.param.ClearField(field)
             setattr(self.param, key, value)
         validate(self.param, self.source)
         self.type = solver_type_of(self.param)

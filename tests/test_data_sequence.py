@@ -93,9 +93,14 @@ def test_single_image_label_is_an_error_unless_another_is_cached():
     rng = np.random.default_rng(1)
     x = rng.random((6, 1, 2, 2))
     y = np.array([0, 0, 1, 1, 5, 1.0])
+    # first sight of label 5 with one image: the anchor is its own positive
     layer, n_tops = sequence_layer("k: 1", 4)
-    with pytest.raises(LayerError, match="label 5 has a single distinct cached image"):
-        run(layer, n_tops, [(x, y)])
+    out = run(layer, n_tops, [(x, y)])
+    np.testing.assert_array_equal(out[0][1][4], x[4])
+    # the same single image again: label 5 really has one image -> error
+    layer, n_tops = sequence_layer("k: 1", 4)
+    with pytest.raises(LayerError, match="label 5 has a single distinct image"):
+        run(layer, n_tops, [(x, y), (x, y)])
     # images of label 5 seen in an earlier batch: the cache provides the positive
     layer, n_tops = sequence_layer("k: 1", 4)
     x2 = rng.random((6, 1, 2, 2))

@@ -145,6 +145,7 @@ def test_reshape_errors(params, shape, error, words):
 
 @pytest.mark.parametrize("params, axis", [
     ("", 1), ("axis: 0", 0), ("axis: -1", 2), ("concat_dim: 2", 2),
+    ("axis: 1 concat_dim: 1", 1),                                    # MyCaffe writes both
 ])
 def test_concat_values_and_gradient(params, axis):
     shapes = [(2, 3, 4), (2, 3, 4), (2, 3, 4)]
@@ -172,8 +173,8 @@ def test_concat_errors():
         run_layer('type: "Concat"', [np.zeros((2, 3, 4)), np.zeros((2, 3, 5))])
     with pytest.raises(ShapeError, match="bottom\\[1\\]"):
         run_layer('type: "Concat"', [np.zeros((2, 3, 4)), np.zeros((2, 3))])
-    with pytest.raises(LayerError, match="not both"):
-        run_layer('type: "Concat" concat_param { axis: 1 concat_dim: 1 }', [np.zeros((2, 3))])
+    with pytest.raises(LayerError, match=r"axis \(0\) and concat_dim \(1\) disagree"):
+        run_layer('type: "Concat" concat_param { axis: 0 concat_dim: 1 }', [np.zeros((2, 3))])
     with pytest.raises(ShapeError, match="concat_dim 2"):
         run_layer('type: "Concat" concat_param { concat_dim: 2 }', [np.zeros((2, 3))])
 
@@ -189,7 +190,8 @@ def test_slice_with_points_values_and_gradient():
     check_layer_gradient(spec, [x], num_tops=3)
 
 
-@pytest.mark.parametrize("params, axis", [("", 1), ("axis: -1", 2), ("slice_dim: 0", 0)])
+@pytest.mark.parametrize("params, axis", [("", 1), ("axis: -1", 2), ("slice_dim: 0", 0),
+                                          ("axis: 1 slice_dim: 1", 1)])   # MyCaffe writes both
 def test_slice_equal_parts(params, axis):
     x = RNG.standard_normal((4, 6, 2))
     spec = f'type: "Slice" slice_param {{ {params} }}'
@@ -204,7 +206,7 @@ def test_slice_equal_parts(params, axis):
     ("slice_point: 1", (2, 5), 3, LayerError, "need exactly 2"),
     ("slice_point: 3 slice_point: 2", (2, 5), 3, ShapeError, "increase strictly"),
     ("slice_point: 5", (2, 5), 2, ShapeError, "increase strictly"),
-    ("axis: 1 slice_dim: 1", (2, 4), 2, LayerError, "not both"),
+    ("axis: 1 slice_dim: 0", (2, 4), 2, LayerError, "disagree"),
     ("axis: 2", (2, 4), 2, ShapeError, "axis 2"),
 ])
 def test_slice_errors(params, shape, tops, error, words):

@@ -246,11 +246,14 @@ def test_pooling_output_size_rules():
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 def test_pooling_floor_round_mode(method):
-    x = RNG.standard_normal((2, 2, 7, 8))
-    _, (y,) = run_layer(pool_spec(method, (3, 2), (2, 3), (1, 1), "round_mode: FLOOR"), [x])
-    expected, _ = pool_reference(x, (3, 2), (2, 3), (1, 1), method, ceil=False)
-    assert y.shape == expected.shape
-    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    x = distinct((2, 2, 7, 8))
+    for kernel, stride, pad in (((3, 2), (2, 3), (1, 1)), ((2, 2), (2, 2), (0, 0))):
+        spec = pool_spec(method, kernel, stride, pad, "round_mode: FLOOR")
+        _, (y,) = run_layer(spec, [x])
+        expected, _ = pool_reference(x, kernel, stride, pad, method, ceil=False)
+        assert y.shape == expected.shape
+        np.testing.assert_allclose(y, expected, rtol=1e-12)
+        check_layer_gradient(spec, [x])   # rows/columns no window reads get 0
 
 
 def test_pooling_average_divisor_counts_padding_not_overhang():

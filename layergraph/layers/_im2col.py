@@ -12,6 +12,10 @@ ordered (C, kh, kw, N, Ho, Wo), or (C, kh, kw, Ho, Wo, N) with
 (O, C, kh, kw) -- and columns are the output positions, so a convolution is
 one matrix product ``W (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo)``.
 
+col2im reads its rows tap-major instead, (g, kh, kw, C/g) for g channel
+groups: each tap's rows are then one contiguous block, which makes the
+strided accumulation markedly faster.
+
 Why two column orders: copying a window view runs NumPy's inner loop over
 the last axis.  With few output columns (Wo = 8 in LeNet's second
 convolution) that loop is too short to be efficient; putting the batch last
@@ -31,23 +35,27 @@ def conv_out_size(size, kernel, pad, stride, dilation=1):
     return (size + 2 * pad - extent) // stride + 1
 
 
-def window_view(x, kernel, stride, dilation, out_size, batch_last=False):
+def window_view(x, kernel, stride, dilation, out_size, batch_last=False, tap_major=0):
     """Every kernel tap of every output position of ``x`` (logical N, C, H, W)
-    as a read/write strided view; see the module docstring for its axes."""
-    from numpy.lib.stride_tricks import as_strided as np_as_strided
+    as a read/write strided view; see the module docstring for its axes.
+    ``tap_major=g`` orders the leading axes (g, kh, kw, C/g) instead of
+    (C, kh, kw)."""
     (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out_size
     n, c = x.shape[:2]
     b_n, b_c, b_h, b_w = x.strides
-    taps = (c, kh, kw)
-    tap_strides = (b_c, b_h * dh, b_w * dw)
-    if batch_last:
-        shape = taps + (ho, wo, n)
-        strides = tap_strides + (b_h * sh, b_w * sw, b_n)
+    if tap_major:
+        g = tap_major
+        shape, strides = (g, kh, kw, c // g), (b_c * (c // g), b_h * dh, b_w * dw, b_c)
     else:
-        shape = taps + (n, ho, wo)
-        strides = tap_strides + (b_n, b_h * sh, b_w * sw)
+        shape, strides = (c, kh, kw), (b_c, b_h * dh, b_w * dw)
+    if batch_last:
+        shape += (ho, wo, n)
+        strides += (b_h * sh, b_w * sw, b_n)
+    else:
+        shape += (n, ho, wo)
+        strides += (b_n, b_h * sh, b_w * sw)
     if isinstance(x, np.ndarray):
-        return np_as_strided(x, shape, strides)
+        return np.lib.stride_tricks.as_strided(x, shape, strides)
     from cupy.lib.stride_tricks import as_strided  # pragma: no cover - GPU
     return as_strided(x, shape, strides)  # pragma: no cover - GPU
 
@@ -61,17 +69,17 @@ def im2col(x, col, kernel, stride, dilation, out_size, batch_last=False):
     return col
 
 
-def col2im(col, dx, kernel, stride, dilation, out_size, batch_last=False):
-    """The adjoint of :func:`im2col`: ``dx[window] += col`` for each kernel tap.
+def col2im(col, dx, kernel, stride, dilation, out_size, batch_last=False, groups=1):
+    """The adjoint of :func:`im2col`, reading ``col`` with its rows tap-major,
+    (groups, kh, kw, C/groups): ``dx[window of tap] += rows of tap``.
 
     ``dx`` (logical N, C, Hp, Wp) is accumulated into, not cleared.  One
     strided add per tap (kh*kw of them); within a tap the output positions
     address distinct elements of ``dx``, so the add is well defined.
     """
-    view = window_view(dx, kernel, stride, dilation, out_size, batch_last)
+    view = window_view(dx, kernel, stride, dilation, out_size, batch_last, tap_major=groups)
     taps = col.reshape(view.shape)
     for i in range(view.shape[1]):
         for j in range(view.shape[2]):
             view[:, i, j] += taps[:, i, j]
     return dx
-

@@ -1,7 +1,7 @@
 """Concat: join the bottoms along one axis.
 
 ``concat_param { axis: 1 }`` (negative counts from the end) or the legacy
-``concat_dim`` (non-negative); not both.  All bottoms must agree on every
+``concat_dim`` (non-negative); both only if equal, as MyCaffe writes them.  All bottoms must agree on every
 other axis:
 
     top = [bottom_0, bottom_1, ...] along axis,  top.shape[axis] = sum_j bottom_j.shape[axis]
@@ -20,8 +20,10 @@ class Concat(Layer):
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
         p = self.param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.error("either axis or concat_dim should be specified; not both")
+        # BVLC Caffe takes one or the other; MyCaffe writes both (equal).
+        if p.HasField("axis") and p.HasField("concat_dim") and p.axis != p.concat_dim:
+            raise self.error(f"axis ({p.axis}) and concat_dim ({p.concat_dim}) disagree; "
+                             f"specify one of them")
         if any(b is top[0] for b in bottom):
             raise self.error("in-place computation is not supported")
 

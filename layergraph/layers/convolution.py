@@ -14,7 +14,9 @@ blocks, block k of y seeing only block k of x):
 Computed as im2col + one matrix product per group:
 y = w (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo).  Backward:
 
-    dw += dy @ col^T,   db += sum over n, r, s of dy,   dx = col2im(w^T @ dy).
+    dw += dy @ col^T,   db += sum over n, r, s of dy,   dx = col2im(w^T @ dy)
+
+(w^T @ dy is computed with its rows reordered tap-major, as col2im wants).
 """
 from ..layer import Layer, register_layer
 from ._im2col import col2im, conv_out_size, im2col
@@ -192,11 +194,14 @@ class Convolution(Layer):
             return
         if self._dcol is None:
             self._dcol = xp.empty_like(col)
-        w2 = weight.data.reshape(o, -1)
+        # col2im wants tap-major rows (g, kh, kw, C/g): reorder the weight's
+        # columns (small) rather than the big column buffer.
+        w_taps = weight.data.reshape(g, o // g, self.channels // g, -1).transpose(0, 1, 3, 2)
+        w_taps = w_taps.reshape(g, o // g, -1)
         if g == 1:
-            xp.dot(w2.T, dy, out=self._dcol)
+            xp.dot(w_taps[0].T, dy, out=self._dcol)
         else:
-            xp.matmul(w2.reshape(g, o // g, -1).transpose(0, 2, 1), dy.reshape(g, o // g, -1),
+            xp.matmul(w_taps.transpose(0, 2, 1), dy.reshape(g, o // g, -1),
                       out=self._dcol.reshape(g, -1, col.shape[1]))
         if self._needs_buffer:
             if self._dxpad is None:
@@ -206,7 +211,7 @@ class Convolution(Layer):
             dx = bottom[0].diff
         dx.fill(0)
         col2im(self._dcol, dx, self.kernel, self.stride, self.dilation, self.out_size,
-               self.batch_last)
+               self.batch_last, g)
         if dx is not bottom[0].diff:
             xp.copyto(bottom[0].diff, dx[self._interior])
 

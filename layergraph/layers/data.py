@@ -288,6 +288,10 @@ class _BatchPlan:
         diff = self.by_label[r]
         return np.where(p % 2 == 0, same, diff)
 
+    def _members(self, lab):
+        start = self.label_start[lab]
+        return self.by_label[start:start + self.label_size[lab]]
+
     def _count_pxk_batches(self):
         counts = -(-self.label_size // self.K)  # chunks of K per label
         batches = 0
@@ -306,8 +310,7 @@ class _BatchPlan:
         P, K = self.P, self.K
         chunks = []
         for lab in range(len(self.label_values)):
-            members = self.by_label[self.label_start[lab]:self.label_start[lab] + self.label_size[lab]]
-            order = rng.permutation(members)
+            order = rng.permutation(self._members(lab))
             need = (-len(order)) % K
             if need:
                 pool = order[:len(order) - len(order) % K] if len(order) >= K else order
@@ -325,8 +328,7 @@ class _BatchPlan:
             fill = rng.choice(others, P - len(left), replace=False)
             parts = [chunks[lab][remaining[lab] - 1] for lab in left]
             for lab in fill:
-                members = self.by_label[self.label_start[lab]:
-                                        self.label_start[lab] + self.label_size[lab]]
+                members = self._members(lab)
                 parts.append(rng.choice(members, K, replace=len(members) < K))
             batches.append(np.concatenate(parts))
         batches = np.stack(batches)

@@ -15,8 +15,12 @@ the cache of its label (a ring of ``cache_size`` images per label, so the
 current batch is included), then for each anchor i of label y_i
 
 * positive: uniform over the cached images of label y_i whose content
-  differs from the anchor's (compared by a content hash) -- a label with no
-  such image is an error naming the label;
+  differs from the anchor's (compared by a content hash).  A label seen for
+  the first time with a single image (the cache holds just the anchor) uses
+  the anchor itself this once -- random batches often hold a lone image of
+  some label early on; a label whose cache holds several copies of one
+  image only (a label with a single image in the dataset) is an error
+  naming the label;
 * negative: a label uniform over the other labels with a non-empty cache,
   then an image uniform over that label's cache (each of the k negatives
   drawn independently).
@@ -106,14 +110,16 @@ class DataSequenceLayer(Layer):
 
     # ---------------------------------------------------------- forward --
     def _rows_for(self, labels):
+        """The cache row of each label (new labels get new rows)."""
+        if self.label_count:
+            outside = (labels < self.label_start) | (labels >= self.label_start + self.label_count)
+            if outside.any():
+                raise self.error(f"label {labels[np.argmax(outside)]} is outside label_start "
+                                 f"{self.label_start} .. {self.label_start + self.label_count - 1}")
         rows = np.empty(len(labels), np.int64)
         for i, y in enumerate(labels.tolist()):
             row = self._rows.get(y)
             if row is None:
-                if self.label_count and not (
-                        self.label_start <= y < self.label_start + self.label_count):
-                    raise self.error(f"label {y} is outside label_start {self.label_start} .. "
-                                     f"{self.label_start + self.label_count - 1}")
                 row = self._rows[y] = len(self._row_labels)
                 self._row_labels.append(y)
             rows[i] = row
@@ -182,6 +188,12 @@ class DataSequenceLayer(Layer):
 
         # draw everything in a fixed order so the stream does not depend on the data
         pos_rows, pos_slot, pos_ok = self._pick_positive(rows, hashes, rng)
+        # A label met for the first time with a single image (count 1) has no
+        # other image yet: the anchor is its own positive for this batch.  Only
+        # a label whose cache holds several copies of one image is an error.
+        first_seen = ~pos_ok & (self._count[rows] == 1)
+        pos_slot = np.where(first_seen, (self._cursor[rows] - 1) % self.cache_size, pos_slot)
+        pos_ok = pos_ok | first_seen
         negatives = [self._pick_negative(rows, rng) for _ in range(max(self.k, 1))]
         if self.k == 0:
             if self.balance:
@@ -212,9 +224,10 @@ class DataSequenceLayer(Layer):
             y = int(labels[np.argmax(no_positive)])
             row = self._rows[y]
             raise self.error(
-                f"label {y} has a single distinct cached image ({self._count[row]} cached): no "
-                f"positive different from the anchor; use a larger batch_size or label-balanced "
-                f"batches (data_param labels_per_batch / images_per_label)")
+                f"label {y} has a single distinct image ({self._count[row]} cached copies): no "
+                f"positive different from the anchor; a triplet needs two images of every label "
+                f"(check the dataset's counts per label, or use label-balanced batches: "
+                f"data_param labels_per_batch / images_per_label)")
         if no_negative.any():
             y = int(labels[np.argmax(no_negative)])
             raise self.error(f"no image of a label other than {y} has been seen yet: negatives "
@@ -225,6 +238,7 @@ class DataSequenceLayer(Layer):
         state = super().state_dict()
         if self._cache is not None and self._cache.nbytes <= STATE_LIMIT:
             state["cache"] = {
+                "cache_size": self.cache_size,
                 "labels": list(self._row_labels),
                 "count": self._count.tolist(),
                 "cursor": self._cursor.tolist(),
@@ -238,8 +252,8 @@ class DataSequenceLayer(Layer):
         super().load_state_dict(state)
         self._reset_cache()
         cache = state.get("cache")
-        if not cache:
-            return
+        if not cache or cache.get("cache_size") != self.cache_size:
+            return  # not saved (too large) or cache_size changed: rebuilt from new batches
         rows, d = len(cache["labels"]), int(np.prod(cache["item_shape"]))
         raw = zlib.decompress(base64.b64decode(cache["data"]))
         self._cache = np.frombuffer(raw, np.dtype(cache["dtype"])).reshape(

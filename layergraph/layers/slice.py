@@ -1,7 +1,7 @@
 """Slice: cut the bottom into consecutive pieces along one axis.
 
 ``slice_param { axis: 1 slice_point: ... }`` (or the legacy ``slice_dim``;
-not both).  With slice points p_1 < ... < p_{T-1} (one fewer than the tops),
+both only if equal, as MyCaffe writes them).  With slice points p_1 < ... < p_{T-1} (one fewer than the tops),
 top t gets bottom[p_t : p_{t+1}] along the axis (p_0 = 0, p_T = the axis
 size).  Without slice points the axis is split into T equal parts (it must
 be divisible by T).  Backward writes each top diff into its slice of the
@@ -19,8 +19,10 @@ class Slice(Layer):
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
         p = self.param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise self.error("either axis or slice_dim should be specified; not both")
+        # BVLC Caffe takes one or the other; MyCaffe writes both (equal).
+        if p.HasField("axis") and p.HasField("slice_dim") and p.axis != p.slice_dim:
+            raise self.error(f"axis ({p.axis}) and slice_dim ({p.slice_dim}) disagree; "
+                             f"specify one of them")
         if any(t is bottom[0] for t in top):
             raise self.error("in-place computation is not supported")
         self.slice_points = [int(v) for v in p.slice_point]

@@ -30,7 +30,8 @@ def cmd_test_many(args):
         raise LayergraphError("--count must be positive")
     test_many(args.model, args.weights, args.dataset, split=args.split,
               count=None if args.all else args.count, batch_size=args.batch_size,
-              centroids=args.centroids, out=args.out, seed=args.seed)
+              centroids=args.centroids, out=args.out, seed=args.seed,
+              centroid_dataset=args.centroid_dataset)
     return 0
 
 
@@ -66,6 +67,9 @@ def add_commands(sub):
     p.add_argument("--centroids", default="model", choices=["model", "training"],
                    help="model: the Decode layer's learned centroids; training: recompute "
                         "them from the training split with the final weights")
+    p.add_argument("--centroid-dataset",
+                   help="with --centroids training: the dataset whose training split gives "
+                        "the centroids (default: --dataset; use the one the net trained on)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for report.json and confusion.png")

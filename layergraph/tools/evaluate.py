@@ -101,13 +101,14 @@ def confusion_matrix(labels, predicted, num_labels):
 # ------------------------------------------------------------ test-many ----
 
 def test_many(model, weights, dataset, split="testing", count=1000, batch_size=256,
-              centroids="model", out=None, seed=0, log=print):
+              centroids="model", out=None, seed=0, log=print, centroid_dataset=None):
     """Classify a dataset split with the RUN net; returns the report dict.
 
     centroids="model": the Decode layer's stored centroids (learned during
     training).  centroids="training": recompute each class centroid from the
-    embeddings of the dataset's training split under the final weights, then
-    classify by the nearest one.
+    embeddings of a training split (``centroid_dataset``'s, default
+    ``dataset``'s: pass the few-shot dataset the net was trained on) under the
+    final weights, then classify by the nearest one.
     """
     images, labels, source = load_split(dataset, split, count, seed)
     net, param = run_net(model, weights, images.shape[1:])
@@ -118,7 +119,8 @@ def test_many(model, weights, dataset, split="testing", count=1000, batch_size=2
             if embedding is None:
                 raise LayergraphError("--centroids training needs a net with a Decode layer")
             emb = embed(net, images, transform, source, [embedding], batch_size)[embedding]
-            train_images, train_labels, train_source = load_split(dataset, "training")
+            train_images, train_labels, train_source = load_split(
+                centroid_dataset or dataset, "training")
             train_emb = embed(net, train_images, transform, train_source, [embedding],
                               batch_size)[embedding]
             classes = np.unique(train_labels)
@@ -138,7 +140,9 @@ def test_many(model, weights, dataset, split="testing", count=1000, batch_size=2
     accuracy = float((predicted == labels).mean())
     report = {"model": os.fspath(model) if not isinstance(model, pb.NetParameter) else "",
               "weights": os.fspath(weights), "dataset": dataset, "split": split,
-              "count": int(len(labels)), "centroids": centroids, "accuracy": accuracy,
+              "count": int(len(labels)), "centroids": centroids,
+              "centroid_dataset": (centroid_dataset or dataset) if centroids == "training"
+              else None, "accuracy": accuracy,
               "per_label_accuracy": per_label, "confusion_matrix": cm.tolist()}
     if log:
         log(f"accuracy: {accuracy:.4f} ({int((predicted == labels).sum())}/{len(labels)}) "
