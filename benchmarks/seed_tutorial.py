@@ -5,6 +5,7 @@ testing split, over several seeds; raw-pixel baselines on the same draws.
     python benchmarks/seed_tutorial.py [--template TripletNet_28x28] [--seeds 1 2 3]
         [--per-label 30] [--iterations N] [--dataset MNIST] [--db DIR] [--out DIR]
 
+With --per-label 0 the whole training split is used (the full-data runs).
 For each seed s: `data copy --max-per-label 30 --seed s` (a different draw of
 the 300 training images), `train` with random_seed s, `test-many --all` with
 the centroids the Decode layer learned ("model") and with centroids recomputed
@@ -45,7 +46,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", default="TripletNet_28x28")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--per-label", type=int, default=30)
+    parser.add_argument("--per-label", type=int, default=30,
+                        help="training images per label (0: the whole training split)")
     parser.add_argument("--iterations", type=int, help="override the solver's max_iter")
     parser.add_argument("--dataset", default="MNIST")
     parser.add_argument("--db", help="image database root")
@@ -59,7 +61,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows = []
     for seed in args.seeds:
-        few = f"{args.dataset}.{args.per_label}s{seed}"
+        few = f"{args.dataset}.{args.per_label}s{seed}" if args.per_label else args.dataset
         if not store.dataset_exists(few):
             from layergraph.imagedb.creators import copy_dataset
             copy_dataset(args.dataset, few, max_per_label=args.per_label, seed=seed)

@@ -170,7 +170,11 @@ class Solver:
             if key == "net":
                 for field in ("net_param", "train_net", "train_net_param"):
                     self.param.ClearField(field)
-            setattr(self.param, key, value)
+            if isinstance(value, (list, tuple)):
+                self.param.ClearField(key)
+                getattr(self.param, key).extend(value)
+            else:
+                setattr(self.param, key, value)
         validate(self.param, self.source)
         self.type = solver_type_of(self.param)
         self.log = log or (lambda *a, **k: None)

@@ -224,3 +224,39 @@ def test_compat_nets_build_with_inputs(path):
             labels.data[...] = rng.integers(0, 10, size=labels.shape)
         net.forward_backward() if phase == pb.TRAIN else net.forward()
         net.close()
+
+
+def test_python_layer_from_prototxt(tmp_path, monkeypatch):
+    """Caffe's Python layer type: the class named by python_param runs with
+    pycaffe's contract, param_str included, and its gradient checks out."""
+    (tmp_path / "my_layers.py").write_text('''
+import ast
+
+class Power:
+    def setup(self, bottom, top):
+        self.p = ast.literal_eval(self.param_str)["p"]
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data ** self.p
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.p * bottom[0].data ** (self.p - 1) * top[0].diff
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from layergraph.testing import check_layer_gradient
+    spec = ('type: "Python" python_param { module: "my_layers" layer: "Power" '
+            'param_str: "{\'p\': 3}" }')
+    x = np.array([[0.5, -1.2, 2.0]])
+    checked = check_layer_gradient(spec, [x], num_tops=1)
+    assert checked == 3
+    net = Net(parse_net("""
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }
+    layer { name: "cube" type: "Python" bottom: "x" top: "y"
+            python_param { module: "my_layers" layer: "Power" param_str: "{'p': 3}" } }
+    """), pb.TEST)
+    np.testing.assert_allclose(net.forward(x=x)["y"], x ** 3, rtol=1e-6)
+    with pytest.raises(NetError, match="cannot import module 'nope'"):
+        Net(parse_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }'
+                      'layer { name: "p" type: "Python" bottom: "x" top: "y" '
+                      'python_param { module: "nope" layer: "X" } }'), pb.TEST)

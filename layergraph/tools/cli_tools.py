@@ -1,12 +1,8 @@
 """CLI commands for templates and evaluation: new, test-many, inspect."""
 import os
 
+from ..cli import _set_db
 from ..errors import LayergraphError
-
-
-def _set_db(args):
-    if getattr(args, "db", None):
-        os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
 
 
 def cmd_new(args):
