@@ -132,3 +132,25 @@ def test_mycaffe_files_train_unmodified(net, solver, db, tmp_path, capsys):
     assert 0.0 <= float(np.ravel(results[0]["accuracy1" if "triplet" in net else
                                             "accuracy"])[0]) <= 1.0
     s.close()
+
+
+def test_resumed_template_run_matches_uninterrupted(db, tmp_path):
+    """Data prefetching, DataSequence caches and Decode centroids all resume:
+    3 + 3 iterations from a snapshot give exactly the 6-iteration result."""
+    def solver_for(run, iterations, snapshot):
+        new_from_template("TripletNet_28x28", "TINY", str(run), force=True)
+        return lg.Solver(str(run / "solver.prototxt"), log=None, overrides={
+            "max_iter": iterations, "test_interval": 0, "snapshot": snapshot})
+    straight = solver_for(tmp_path / "a", 6, 0)
+    straight.solve()
+    first = solver_for(tmp_path / "b", 3, 3)
+    first.solve()
+    first.close()
+    resumed = solver_for(tmp_path / "b", 6, 0)
+    resumed.solve(resume=f"{resumed.snapshot_prefix()}_iter_3.solverstate")
+    for name in ("conv1", "feat", "decode"):
+        for a, b in zip(straight.net.params[name], resumed.net.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)
+    assert straight.losses[-3:] == resumed.losses[-3:]
+    straight.close()
+    resumed.close()
