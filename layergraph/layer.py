@@ -132,10 +132,12 @@ class Layer:
         """Read parameters and create parameter blobs."""
 
     def reshape(self, bottom, top):
-        raise NotImplementedError(f"{type(self).__name__}.reshape")
+        """Size the tops (every layer must define it)."""
+        raise TypeError(f"layer class {type(self).__name__} must define reshape()")
 
     def forward(self, bottom, top):
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        """Compute the tops (every layer must define it)."""
+        raise TypeError(f"layer class {type(self).__name__} must define forward()")
 
     def backward(self, top, propagate_down, bottom):
         """Default: no gradient (layers with ``has_backward = False``)."""
