@@ -154,3 +154,23 @@ def test_resumed_template_run_matches_uninterrupted(db, tmp_path):
     assert straight.losses[-3:] == resumed.losses[-3:]
     straight.close()
     resumed.close()
+
+
+def test_inspect_reads_a_debug_layer_store(db, tmp_path):
+    """inspect --layer <Debug layer> takes the embeddings the Debug layer kept."""
+    solver, run, weights, _ = train_template("TripletNet_28x28", tmp_path, iterations=2)
+    solver.close()
+    model = run / "train_val.prototxt"
+    text = model.read_text()
+    anchor = 'name: "feat" type: "InnerProduct"'
+    end = text.index("\n}\n", text.index(anchor)) + 3
+    model.write_text(text[:end] + 'layer { name: "debug" type: "Debug" bottom: "feat" '
+                     'top: "feat" debug_param { max_stored: 50 } }\n' + text[end:])
+    result = inspect(str(model), weights, "debug", "TINY", projector=str(tmp_path / "p"),
+                     count=80, log=None)
+    assert result["embeddings"].shape == (50, 16)
+    assert len(result["labels"]) == 50
+    direct = inspect(str(model), weights, "feat", "TINY", projector=str(tmp_path / "q"),
+                     count=80, log=None)
+    np.testing.assert_allclose(result["embeddings"], direct["embeddings"][-50:], rtol=1e-6)
+    np.testing.assert_array_equal(result["labels"], direct["labels"][-50:])
