@@ -36,6 +36,14 @@ NOT_READY_THRESHOLD = 0.5 * NOT_READY
 
 
 # ------------------------------------------------------------- labels ----
+def check_embedding(layer, x, dim):
+    """The embedding bottom must keep the item size the layer was set up with."""
+    if x.num_axes < 1 or x.count_range(1) != dim:
+        raise layer.shape_error(
+            f"embedding {x.shape} does not have the {dim} features per item "
+            f"the layer was set up with")
+
+
 def label_rows(layer, label, embedding_shape):
     """The label blob as an (N, C) array; its first axis must be N."""
     n = embedding_shape[0] if embedding_shape else 1

@@ -47,10 +47,7 @@ class Debug(Layer):
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
         x = bottom[0]
-        if x.num_axes < 1 or x.count_range(1) != self.dim:
-            raise self.shape_error(
-                f"embedding {x.shape} does not have the {self.dim} features per item "
-                f"the layer was set up with")
+        C.check_embedding(self, x, self.dim)
         if len(bottom) > 1:
             C.label_rows(self, bottom[1], x.shape)
         if top[0] is not x:
