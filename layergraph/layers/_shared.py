@@ -1,4 +1,4 @@
-"""Small helpers shared by the structural layers (Flatten, Reshape, Split, ...)."""
+"""Small helpers shared by layers (Flatten, Reshape, Split, Softmax, Accuracy, ...)."""
 
 
 def alias_data(blob, array):

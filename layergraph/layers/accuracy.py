@@ -1,5 +1,6 @@
 """Accuracy: top-k classification accuracy (no gradient)."""
 from ..layer import Layer, register_layer
+from ._shared import canonical_axis
 
 
 @register_layer("Accuracy")
@@ -39,12 +40,7 @@ class AccuracyLayer(Layer):
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
         scores, labels = bottom[0], bottom[1]
-        n = scores.num_axes
-        if not -n <= self.axis_param < n:
-            raise self.shape_error(
-                f"accuracy_param.axis {self.axis_param} out of range for bottom[0] "
-                f"shape {scores.shape}")
-        self.axis = self.axis_param % n
+        self.axis = canonical_axis(self, scores, self.axis_param, "accuracy_param.axis")
         self.outer = scores.count_range(0, self.axis)
         self.channels = scores.shape[self.axis]
         self.inner = scores.count_range(self.axis + 1)

@@ -1,5 +1,6 @@
 """Softmax: normalised exponentials along one axis."""
 from ..layer import Layer, register_layer
+from ._shared import canonical_axis
 
 
 def log_softmax(xp, x, axis):
@@ -35,12 +36,7 @@ class SoftmaxLayer(Layer):
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
-        n = bottom[0].num_axes
-        if not -n <= self.axis_param < n:
-            raise self.shape_error(
-                f"softmax_param.axis {self.axis_param} out of range for bottom "
-                f"shape {bottom[0].shape}")
-        self.axis = self.axis_param % n
+        self.axis = canonical_axis(self, bottom[0], self.axis_param, "softmax_param.axis")
         if top[0] is not bottom[0]:
             top[0].reshape_like(bottom[0])
 

@@ -1,6 +1,7 @@
 """SoftmaxWithLoss: multinomial logistic loss of a softmax, fused."""
 from ..layer import Layer, register_layer
 from ..proto import pb
+from ._shared import canonical_axis
 from .softmax import log_softmax
 
 
@@ -50,12 +51,7 @@ class SoftmaxWithLossLayer(Layer):
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
         scores, labels = bottom[0], bottom[1]
-        n = scores.num_axes
-        if not -n <= self.axis_param < n:
-            raise self.shape_error(
-                f"softmax_param.axis {self.axis_param} out of range for bottom[0] "
-                f"shape {scores.shape}")
-        self.axis = self.axis_param % n
+        self.axis = canonical_axis(self, scores, self.axis_param, "softmax_param.axis")
         self.outer = scores.count_range(0, self.axis)
         self.channels = scores.shape[self.axis]
         self.inner = scores.count_range(self.axis + 1)
