@@ -46,3 +46,11 @@ class DatasetNotFoundError(DataError):
 
 class SnapshotError(LayergraphError):
     """A snapshot/weights file cannot be read or does not fit the net."""
+
+
+class GPUError(LayergraphError):
+    """The GPU cannot be used: no CuPy, no device, out of memory, a bad id."""
+
+
+class KernelCompileError(GPUError):
+    """A CUDA kernel in kernels/ failed to compile (NVRTC or the emulation)."""

@@ -116,13 +116,19 @@ class Layer:
     #: True when the layer has a backward pass (False: never asked for one)
     has_backward = True
 
-    def __init__(self, param, phase=0, seed=0, dtype=DEFAULT_DTYPE, xp=np):
+    def __init__(self, param, phase=0, seed=0, dtype=DEFAULT_DTYPE, xp=np, backend=None):
+        from .backend import CPU, get_backend
         self.param = param
         self.name = param.name
         self.phase = phase
         self.seed = int(seed)
         self.dtype = np.dtype(dtype)
-        self.xp = xp
+        if backend is None:
+            backend = CPU if xp is np else get_backend("gpu")
+        #: where the layer's arrays live; ``backend.kernels`` is not None when
+        #: the layer should take its kernel path (``kernels/<layer>.cu``)
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
         self.blobs = []
         self._rng_step = 0
         self.net = None  # set by the Net (read-only use: e.g. iteration)
@@ -143,6 +149,16 @@ class Layer:
         """Default: no gradient (layers with ``has_backward = False``)."""
 
     # ---------------------------------------------------------- helpers --
+    @property
+    def use_kernels(self):
+        """True on the GPU (and its CPU emulation): take the kernel path."""
+        return self.backend.kernels is not None
+
+    def launch(self, kernel, *args, n=None, grid=None, block=None, shared=0):
+        """Launch ``kernel`` (a name from kernels/*.cu) over ``n`` work items
+        (grid-stride) or on an explicit ``grid`` of blocks."""
+        self.backend.launch(kernel, args, n=n, grid=grid, block=block, shared=shared)
+
     def error(self, message, cls=LayerError):
         return cls(f"layer '{self.name}' ({self.type}): {message}")
 

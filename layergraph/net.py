@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from .backend import DEFAULT_DTYPE
+from .backend import CPU, DEFAULT_DTYPE, get_backend
 from .blob import Blob
 from .errors import NetError, SnapshotError
 from .layer import layer_class
@@ -220,14 +220,18 @@ class Net:
     """
 
     def __init__(self, model, phase=pb.TRAIN, weights=None, level=0, stages=(),
-                 seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None):
+                 seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None, backend=None):
         if isinstance(model, pb.NetParameter):
             param, self.source = model, "<NetParameter>"
         else:
             param, self.source = read_net(model), os.fspath(model)
         self.phase = phase
         self.dtype = np.dtype(dtype)
-        self.xp = xp
+        if backend is None:
+            backend = CPU if xp is np else "gpu"
+        #: cpu (NumPy), gpu (CuPy + kernels/) or emu (kernels on the CPU)
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
         self.seed = int(seed)
         self.name = param.name
         state = pb.NetState(phase=phase, level=level)
@@ -271,7 +275,8 @@ class Net:
             if lp.name in self.layer_names:
                 raise NetError(f"{self.source}: two layers are named '{lp.name}'")
             cls = layer_class(lp.type)
-            layer = cls(lp, phase=self.phase, seed=self.seed, dtype=self.dtype, xp=self.xp)
+            layer = cls(lp, phase=self.phase, seed=self.seed, dtype=self.dtype,
+                        backend=self.backend)
             layer.net = self
             bottoms, need_bw = [], []
             for j, name in enumerate(lp.bottom):

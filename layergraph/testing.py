@@ -13,28 +13,28 @@ from .prototxt import parse_layer
 from .proto import pb
 
 
-def make_layer(spec, phase=pb.TRAIN, seed=0, dtype=np.float64, name="layer"):
+def make_layer(spec, phase=pb.TRAIN, seed=0, dtype=np.float64, name="layer", backend=None):
     """A layer built from a LayerParameter prototxt snippet (or message)."""
     param = parse_layer(spec) if isinstance(spec, str) else spec
     if not param.name:
         param.name = name
-    return layer_class(param.type)(param, phase=phase, seed=seed, dtype=dtype)
+    return layer_class(param.type)(param, phase=phase, seed=seed, dtype=dtype, backend=backend)
 
 
-def _blobs(arrays, dtype, prefix):
+def _blobs(arrays, dtype, prefix, xp=np):
     out = []
     for i, a in enumerate(arrays):
-        b = Blob(np.shape(a), dtype=dtype, name=f"{prefix}{i}")
-        b.data[...] = a
+        b = Blob(np.shape(a), dtype=dtype, name=f"{prefix}{i}", xp=xp)
+        b.data[...] = xp.asarray(np.asarray(a))
         out.append(b)
     return out
 
 
 def setup_layer(layer, bottom_arrays, num_tops=None):
     """Create bottom/top blobs, run setup + reshape; returns (bottom, top)."""
-    bottom = _blobs(bottom_arrays, layer.dtype, "bottom")
+    bottom = _blobs(bottom_arrays, layer.dtype, "bottom", layer.xp)
     n = num_tops if num_tops is not None else max(len(layer.param.top), 1)
-    top = [Blob((), dtype=layer.dtype, name=f"top{i}") for i in range(n)]
+    top = [Blob((), dtype=layer.dtype, name=f"top{i}", xp=layer.xp) for i in range(n)]
     layer.check_blob_counts(bottom, top)
     layer.setup(bottom, top)
     layer.reshape(bottom, top)
@@ -129,3 +129,76 @@ def check_layer_gradient(spec, bottom_arrays, num_tops=None, layer_kw=None, **kw
     checked = check_gradient(layer, bottom, top, **kw)
     assert checked > 0, "gradient check compared no element"
     return checked
+
+
+def compare_backends(spec, bottom_arrays, backend="emu", num_tops=None, phase=pb.TRAIN,
+                     seed=0, backward=True, propagate=None, rtol=1e-4, atol=1e-5,
+                     iterations=1, top_diffs=None, reference="cpu"):
+    """Run one layer on the NumPy path (``reference``) and on ``backend``
+    (``emu``: the kernels on the CPU; ``gpu``: CuPy) from the same inputs and
+    the same seed, forward and backward, in float32; assert that every top,
+    bottom gradient and parameter gradient agree within ``rtol`` relative
+    to the largest magnitude of that array (plus ``atol``).
+
+    ``iterations`` > 1 repeats forward/backward (layers with running state:
+    centroids, caches).  Returns a dict of array name -> max abs difference.
+    """
+    from .backend import get_backend, to_numpy
+    runs = []
+    rng = np.random.default_rng(seed + 99)
+    drawn = {}
+    for which in (reference, backend):
+        be = get_backend(which)
+        layer = make_layer(spec, phase=phase, seed=seed, dtype=np.float32, backend=be)
+        bottom, top = setup_layer(layer, [np.asarray(a, np.float32) for a in bottom_arrays],
+                                  num_tops)
+        results = {}
+        for it in range(iterations):
+            for b, a in zip(bottom, bottom_arrays):
+                b.data[...] = be.xp.asarray(np.asarray(a, np.float32))
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for i, t in enumerate(top):
+                results[f"iter{it}.top[{i}]"] = to_numpy(t.data).copy()
+            if not backward or not layer.has_backward:
+                continue
+            if top_diffs is not None:
+                diffs = top_diffs
+            else:  # drawn on the reference run, reused on the other
+                if it not in drawn:
+                    drawn[it] = [rng.standard_normal(t.shape).astype(np.float32) for t in top]
+                diffs = drawn[it]
+            for t, d in zip(top, diffs):
+                t.diff[...] = be.xp.asarray(d)
+            for pblob in layer.blobs:
+                pblob.zero_diff()
+            prop = (propagate if propagate is not None else
+                    [j not in layer.label_bottoms for j in range(len(bottom))])
+            for j, b in enumerate(bottom):
+                if prop[j]:
+                    b.diff[...] = 0
+            layer.backward(top, prop, bottom)
+            for j, b in enumerate(bottom):
+                if prop[j]:
+                    results[f"iter{it}.bottom_diff[{j}]"] = to_numpy(b.diff).copy()
+            for k, pblob in enumerate(layer.blobs):
+                results[f"iter{it}.param_diff[{k}]"] = to_numpy(pblob.diff).copy()
+        for k, pblob in enumerate(layer.blobs):
+            results[f"param[{k}]"] = to_numpy(pblob.data).copy()
+        runs.append(results)
+    ref, got = runs
+    report = {}
+    for key, expected in ref.items():
+        actual = got[key]
+        if expected.shape != actual.shape:
+            raise AssertionError(f"{spec!r}: {key} has shape {actual.shape} on {backend}, "
+                                 f"{expected.shape} on {reference}")
+        exp64 = expected.astype(np.float64)
+        act64 = actual.astype(np.float64)
+        diff = float(np.max(np.abs(exp64 - act64))) if expected.size else 0.0
+        scale = float(np.max(np.abs(exp64))) if expected.size else 0.0
+        if not np.array_equal(np.isnan(exp64), np.isnan(act64)) or diff > rtol * scale + atol:
+            raise AssertionError(f"{spec!r}: {key} differs between {reference} and {backend}: "
+                                 f"max |diff| {diff:.3g} (scale {scale:.3g})")
+        report[key] = diff
+    return report

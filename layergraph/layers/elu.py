@@ -38,6 +38,11 @@ class ELULayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/elu.cu: the slope is kept for backward
+            if self._slope is None or self._slope.shape != x.shape:
+                self._slope = xp.empty_like(x)
+            self.launch("elu_forward", x.size, x, top[0].data, self._slope, self.alpha, n=x.size)
+            return
         positive = x > 0
         # exp of the negative part only: no overflow for large positive x
         negative_branch = self.alpha * xp.expm1(xp.minimum(x, 0))
@@ -50,6 +55,10 @@ class ELULayer(Layer):
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
+            return
+        if self.use_kernels:
+            dx = bottom[0].diff
+            self.launch("elu_backward", dx.size, self._slope, top[0].diff, dx, n=dx.size)
             return
         if self._slope is not None:
             slope = self._slope

@@ -59,16 +59,36 @@ class PReLULayer(Layer):
         return slope.reshape((1, -1) + (1,) * (ndim - 2))
 
     # ------------------------------------------------------------- forward --
+    def _geometry(self, x):
+        """(outer, channels, inner) of the kernels' view of x."""
+        if self.channel_shared:
+            return 1, 1, x.size
+        return x.shape[0], x.shape[1], x.size // max(x.shape[0] * x.shape[1], 1)
+
     def forward(self, bottom, top):
         x = bottom[0].data
         # in-place: top overwrites x, which backward still needs
         self._bottom_memory = x.copy() if top[0] is bottom[0] else None
+        if self.use_kernels:  # kernels/prelu.cu
+            _, channels, inner = self._geometry(x)
+            self.launch("prelu_forward", x.size, channels, inner, x, self.blobs[0].data,
+                        top[0].data, n=x.size)
+            return
         top[0].data[...] = self.xp.where(x > 0, x, x * self._slope(x.ndim))
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         x = self._bottom_memory if self._bottom_memory is not None else bottom[0].data
         dy = top[0].diff
+        if self.use_kernels:
+            outer, channels, inner = self._geometry(x)
+            block = self.backend.block
+            self.launch("prelu_backward_slope", outer, channels, inner, x, dy,
+                        self.blobs[0].diff, grid=channels, shared=4 * block)
+            if propagate_down[0]:
+                self.launch("prelu_backward_data", x.size, channels, inner, x,
+                            self.blobs[0].data, dy, bottom[0].diff, n=x.size)
+            return
         negative = x <= 0
         slope_grad = dy * x * negative
         if self.channel_shared:

@@ -37,6 +37,11 @@ class ReLULayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/relu.cu
+            if self.negative_slope < 0:
+                self._positive = x.copy()  # the sign source for backward
+            self.launch("relu_forward", x.size, x, top[0].data, self.negative_slope, n=x.size)
+            return
         positive = x > 0
         if self.negative_slope < 0:
             self._positive = positive
@@ -49,6 +54,12 @@ class ReLULayer(Layer):
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
+            return
+        if self.use_kernels:
+            source = self._positive if self.negative_slope < 0 else top[0].data
+            dx = bottom[0].diff
+            self.launch("relu_backward", dx.size, source, top[0].diff, dx,
+                        self.negative_slope, n=dx.size)
             return
         positive = self._positive if self.negative_slope < 0 else top[0].data > 0
         dy = top[0].diff

@@ -21,10 +21,17 @@ class SigmoidLayer(Layer):
             top[0].reshape_like(bottom[0])
 
     def forward(self, bottom, top):
+        if self.use_kernels:  # kernels/sigmoid.cu
+            x = bottom[0].data
+            self.launch("sigmoid_forward", x.size, x, top[0].data, n=x.size)
+            return
         # the tanh form never overflows, unlike exp(-x) for very negative x
         top[0].data[...] = 0.5 * self.xp.tanh(0.5 * bottom[0].data) + 0.5
 
     def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
+        if propagate_down[0] and self.use_kernels:
+            dx = bottom[0].diff
+            self.launch("sigmoid_backward", dx.size, top[0].data, top[0].diff, dx, n=dx.size)
+        elif propagate_down[0]:
             y = top[0].data
             bottom[0].diff[...] = top[0].diff * y * (1 - y)

@@ -21,9 +21,16 @@ class TanHLayer(Layer):
             top[0].reshape_like(bottom[0])
 
     def forward(self, bottom, top):
+        if self.use_kernels:  # kernels/tanh.cu
+            x = bottom[0].data
+            self.launch("tanh_forward", x.size, x, top[0].data, n=x.size)
+            return
         top[0].data[...] = self.xp.tanh(bottom[0].data)
 
     def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
+        if propagate_down[0] and self.use_kernels:
+            dx = bottom[0].diff
+            self.launch("tanh_backward", dx.size, top[0].data, top[0].diff, dx, n=dx.size)
+        elif propagate_down[0]:
             y = top[0].data
             bottom[0].diff[...] = top[0].diff * (1 - y * y)
