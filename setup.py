@@ -30,9 +30,12 @@ setup(
     description="Caffe-style deep-learning engine for metric learning (siamese/triplet nets)",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["layergraph", "layergraph.*"]),
+    packages=find_packages(include=["layergraph", "layergraph.*"]) + ["layergraph.cuda_kernels"],
+    # kernels/ (the CUDA sources) installs as layergraph/cuda_kernels/
+    package_dir={"layergraph.cuda_kernels": "kernels"},
     package_data={
         "layergraph.imagedb": ["mnist_sample/*"],
+        "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md"],
     },
     python_requires=">=3.9",
     install_requires=[
@@ -45,8 +48,10 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "gpu": ["cupy-cuda12x"],
-        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
+        # CuPy runs the kernels of kernels/ on an NVIDIA GPU (CUDA 12)
+        "gpu": ["cupy-cuda12x>=13"],
+        # NVRTC compiles every kernel in the tests, with no GPU or driver
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12"],
     },
     entry_points={"console_scripts": ["layergraph=layergraph.cli:main"]},
     cmdclass={"build_py": BuildPyWithProto},

@@ -9,6 +9,11 @@
     layergraph new --template TripletNet_28x28 --dataset MNIST.30 --out DIR
     layergraph test-many --model M --weights W --dataset D
     layergraph inspect --model M --weights W --layer L --dataset D --out tsne.png
+    layergraph device
+
+``--gpu N`` (train, test, time, test-many, inspect) runs the whole net on CUDA
+device N through CuPy and the kernels of ``kernels/``; ``solver_mode: GPU``
+in a solver file does the same for ``train``.
 
 A user mistake prints one line, ``layergraph: error: ...``, and exits with
 status 2; Ctrl-C during training writes a snapshot first.
@@ -34,6 +39,31 @@ def _phase(name):
 def _set_db(args):
     if getattr(args, "db", None):
         os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
+
+
+def _backend(args, default="cpu"):
+    """The backend named by --gpu / --backend (None: the caller's default)."""
+    from .backend import get_backend
+    gpu = getattr(args, "gpu", None)
+    name = getattr(args, "backend", None)
+    if gpu is not None and name is not None:
+        raise LayergraphError("give either --gpu or --backend, not both")
+    if gpu is not None:
+        if str(gpu).lower() == "all":
+            raise LayergraphError("--gpu all (several GPUs) is not supported yet; give one id")
+        return get_backend(f"gpu:{gpu}")
+    if name is not None:
+        return get_backend(name)
+    return None if default is None else get_backend(default)
+
+
+def add_device_arguments(p):
+    """--gpu N and --backend, shared by the commands that run a net."""
+    p.add_argument("--gpu", metavar="N",
+                   help="run on CUDA device N (CuPy + kernels/); default: the CPU")
+    p.add_argument("--backend", metavar="NAME",
+                   help="cpu, gpu:N, or emu (the GPU kernels emulated on the CPU: "
+                        "slow, for checking kernels)")
 
 
 # ---------------------------------------------------------------- train ----
@@ -85,7 +115,8 @@ def cmd_train(args):
             raise LayergraphError(f"{args.model}: no such file")
         overrides["net"] = os.path.abspath(args.model)
     progress = _Progress(0, 0, args.quiet)
-    solver = Solver(args.solver, log=progress.write, overrides=overrides)
+    solver = Solver(args.solver, log=progress.write, overrides=overrides,
+                    backend=_backend(args, default=None))
     try:
         if args.weights:
             for path in args.weights.split(","):
@@ -111,15 +142,17 @@ def cmd_train(args):
 # ----------------------------------------------------------------- test ----
 
 def cmd_test(args):
+    from .backend import to_numpy
     from .net import Net
     _set_db(args)
-    net = Net(args.model, phase=_phase(args.phase), weights=args.weights)
+    net = Net(args.model, phase=_phase(args.phase), weights=args.weights,
+              backend=_backend(args))
     sums = {}
     try:
         for i in range(args.iterations):
             net.forward()
             for name in net.outputs:
-                value = np.asarray(net.blobs[name].data, dtype=np.float64)
+                value = to_numpy(net.blobs[name].data).astype(np.float64)
                 if args.verbose:
                     print(f"Batch {i}, {name} = {np.array2string(value, precision=4)}")
                 sums[name] = sums.get(name, 0.0) + value
@@ -137,28 +170,33 @@ def cmd_test(args):
 def cmd_time(args):
     from .net import Net
     _set_db(args)
-    net = Net(args.model, phase=_phase(args.phase))
+    net = Net(args.model, phase=_phase(args.phase), backend=_backend(args))
     rng = np.random.default_rng(0)
     for name in net.inputs:
         blob = net.blobs[name]
-        blob.data[...] = rng.standard_normal(blob.shape)
+        blob.data[...] = net.xp.asarray(rng.standard_normal(blob.shape), dtype=blob.dtype)
+    sync = _synchronizer(net.backend)
     n = len(net.layers)
     fwd, bwd = np.zeros(n), np.zeros(n)
     try:
         net.forward_backward()  # warm-up
         for _ in range(args.iterations):
             for i in range(n):
+                sync()
                 t = time.perf_counter()
                 net.layers[i].reshape(net.bottom_vecs[i], net.top_vecs[i])
                 net.layers[i].forward(net.bottom_vecs[i], net.top_vecs[i])
+                sync()
                 fwd[i] += time.perf_counter() - t
             for i in reversed(range(n)):
                 for j, w in net.loss_weights[i]:
                     net.top_vecs[i][j].diff[...] = w
                 if net.layer_need_backward[i]:
+                    sync()
                     t = time.perf_counter()
                     net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
                                            net.bottom_vecs[i])
+                    sync()
                     bwd[i] += time.perf_counter() - t
     finally:
         net.close()
@@ -170,6 +208,34 @@ def cmd_time(args):
     print(f"Average forward pass: {fwd.sum():.3f} ms")
     print(f"Average backward pass: {bwd.sum():.3f} ms")
     print(f"Average forward-backward: {fwd.sum() + bwd.sum():.3f} ms")
+    return 0
+
+
+def _synchronizer(backend):
+    """A function that waits for queued GPU work (timings on the GPU)."""
+    if backend.is_gpu:
+        return backend.xp.cuda.get_current_stream().synchronize
+    return lambda: None
+
+
+# --------------------------------------------------------------- device ----
+
+def cmd_device(args):
+    """Caffe's device_query: the GPU(s), memory, CuPy and CUDA versions."""
+    from .backend import describe_devices
+    ok, lines = describe_devices()
+    if not ok:
+        raise LayergraphError(lines[0])
+    for line in lines:
+        print(line)
+    if args.check:
+        from .backend import get_backend
+        from .kernels import kernel_index
+        backend = get_backend(f"gpu:{args.check_id}")
+        names = sorted(kernel_index())
+        for name in names:
+            backend.kernels.function(name)
+        print(f"compiled {len(names)} kernels from kernels/*.cu on GPU {args.check_id}")
     return 0
 
 
@@ -211,6 +277,7 @@ def build_parser():
     p.add_argument("--seed", type=int, help="override random_seed")
     p.add_argument("--db", help="image database root (default ~/.layergraph/imagedb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("test", help="score a trained net (mean of its outputs)")
@@ -220,6 +287,7 @@ def build_parser():
     p.add_argument("--phase", default="TEST")
     p.add_argument("--db")
     p.add_argument("--verbose", action="store_true")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("time", help="per-layer forward/backward timing")
@@ -227,7 +295,14 @@ def build_parser():
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--phase", default="TRAIN")
     p.add_argument("--db")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_time)
+
+    p = sub.add_parser("device", help="the GPU(s) CuPy sees (Caffe's device_query)")
+    p.add_argument("--check", action="store_true",
+                   help="also compile every kernel of kernels/ on the GPU")
+    p.add_argument("--check-id", type=int, default=0, help="the GPU for --check")
+    p.set_defaults(func=cmd_device)
 
     p = sub.add_parser("draw", help="draw the net as a picture (PNG/SVG/PDF)")
     p.add_argument("--model", required=True)
@@ -272,6 +347,26 @@ def main(argv=None):
     except (OSError, MemoryError) as e:
         print(f"layergraph: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # CuPy/CUDA failures: one line, not a traceback
+        message = gpu_error_message(e)
+        if message is None:
+            raise
+        print(f"layergraph: error: {message}", file=sys.stderr)
+        return 2
+
+
+def gpu_error_message(exc):
+    """A one-line message for an exception raised by CuPy/CUDA, else None."""
+    module = type(exc).__module__ or ""
+    if not module.startswith(("cupy", "cupy_backends", "cuda")):
+        return None
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":
+        return (f"out of GPU memory ({text}); reduce the batch size or free the GPU")
+    if name == "CompileException":
+        return f"a CUDA kernel failed to compile: {text[:300]}"
+    return f"CUDA error ({name}): {text[:300]}"
 
 
 if __name__ == "__main__":  # pragma: no cover

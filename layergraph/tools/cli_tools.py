@@ -1,7 +1,7 @@
 """CLI commands for templates and evaluation: new, test-many, inspect."""
 import os
 
-from ..cli import _set_db
+from ..cli import _backend, _set_db, add_device_arguments
 from ..errors import LayergraphError
 
 
@@ -27,7 +27,7 @@ def cmd_test_many(args):
     test_many(args.model, args.weights, args.dataset, split=args.split,
               count=None if args.all else args.count, batch_size=args.batch_size,
               centroids=args.centroids, out=args.out, seed=args.seed,
-              centroid_dataset=args.centroid_dataset)
+              centroid_dataset=args.centroid_dataset, backend=_backend(args))
     return 0
 
 
@@ -38,7 +38,7 @@ def cmd_inspect(args):
         raise LayergraphError("give --out (t-SNE PNG) and/or --projector DIR")
     inspect(args.model, args.weights, args.layer, args.dataset, out=args.out,
             split=args.split, count=None if args.all else args.count,
-            projector=args.projector, seed=args.seed)
+            projector=args.projector, seed=args.seed, backend=_backend(args))
     return 0
 
 
@@ -70,6 +70,7 @@ def add_commands(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="directory for report.json and confusion.png")
     p.add_argument("--db")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_test_many)
 
     p = sub.add_parser("inspect", help="t-SNE picture / projector files of embeddings")
@@ -85,4 +86,5 @@ def add_commands(sub):
     p.add_argument("--out", help="t-SNE scatter PNG")
     p.add_argument("--projector", help="directory for tensors.tsv and metadata.tsv")
     p.add_argument("--db")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_inspect)

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..backend import to_numpy
 from ..errors import LayergraphError
 from ..net import DATA_LAYER_TYPES, Net, filter_net
 from ..proto import pb
@@ -59,9 +60,10 @@ def load_split(dataset, split="testing", count=None, seed=0):
     return images, labels, source
 
 
-def run_net(model, weights, image_shape):
+def run_net(model, weights, image_shape, backend=None):
     param = model if isinstance(model, pb.NetParameter) else read_net(model)
-    net = Net(param, pb.RUN, weights=weights, input_shape=(1,) + tuple(image_shape))
+    net = Net(param, pb.RUN, weights=weights, input_shape=(1,) + tuple(image_shape),
+              backend=backend)
     if not net.inputs:
         raise LayergraphError(f"{model}: the RUN net has no input blob")
     return net, param
@@ -78,7 +80,7 @@ def embed(net, images, transform, source, blob_names, batch_size=256):
         x = preprocess(images[start:start + batch_size], transform, source)
         net.forward(**{net.inputs[0]: x})
         for name in blob_names:
-            outs[name].append(np.array(net.blobs[name].data, dtype=np.float64, copy=True))
+            outs[name].append(to_numpy(net.blobs[name].data).astype(np.float64))
     return {name: np.concatenate(v) for name, v in outs.items()}
 
 
@@ -101,7 +103,8 @@ def confusion_matrix(labels, predicted, num_labels):
 # ------------------------------------------------------------ test-many ----
 
 def test_many(model, weights, dataset, split="testing", count=1000, batch_size=256,
-              centroids="model", out=None, seed=0, log=print, centroid_dataset=None):
+              centroids="model", out=None, seed=0, log=print, centroid_dataset=None,
+              backend=None):
     """Classify a dataset split with the RUN net; returns the report dict.
 
     centroids="model": the Decode layer's stored centroids (learned during
@@ -111,7 +114,7 @@ def test_many(model, weights, dataset, split="testing", count=1000, batch_size=2
     final weights, then classify by the nearest one.
     """
     images, labels, source = load_split(dataset, split, count, seed)
-    net, param = run_net(model, weights, images.shape[1:])
+    net, param = run_net(model, weights, images.shape[1:], backend)
     transform = _data_transform(param)
     try:
         blob, rule, embedding = _decision(net)
@@ -192,11 +195,11 @@ def plot_confusion(cm, path, title=""):
 # -------------------------------------------------------------- inspect ----
 
 def inspect(model, weights, layer, dataset, out=None, split="testing", count=2000,
-            projector=None, batch_size=256, seed=0, perplexity=30.0, log=print):
+            projector=None, batch_size=256, seed=0, perplexity=30.0, log=print, backend=None):
     """Embeddings of ``layer`` (a blob name, a layer name (its first top), or
     a Debug layer, whose store is read) drawn with t-SNE, coloured by label."""
     images, labels, source = load_split(dataset, split, count, seed)
-    net, param = run_net(model, weights, images.shape[1:])
+    net, param = run_net(model, weights, images.shape[1:], backend)
     transform = _data_transform(param)
     try:
         debug = None
