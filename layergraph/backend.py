@@ -159,15 +159,31 @@ def get_backend(spec="cpu"):
     return backend
 
 
-def backend_of_solver(param, gpu=None):
+def backend_of_solver(param, gpu=None, warn=None):
     """The backend a solver runs on: ``--gpu`` wins, then ``solver_mode``
-    and ``device_id`` (Caffe's fields)."""
+    and ``device_id`` (Caffe's fields).
+
+    An explicit ``gpu`` that cannot be used is an error.  ``solver_mode:
+    GPU`` in the file is a preference: BVLC's and MyCaffe's own solver files
+    say GPU, and they must keep training on machines without one, so there
+    it falls back to the CPU with a one-line warning."""
     from .proto import pb
     if gpu is not None:
         return get_backend(gpu if str(gpu).startswith(("gpu", "cpu", "emu")) else f"gpu:{gpu}")
     if param.solver_mode == pb.SolverParameter.GPU:
-        return get_backend(f"gpu:{param.device_id}")
+        ok, why = gpu_status()
+        if ok:
+            return get_backend(f"gpu:{param.device_id}")
+        message = f"the solver asks for solver_mode: GPU but {why}; training on the CPU"
+        if warn is None:
+            FALLBACK_NOTES.append(message)  # the Solver logs it once its nets are built
+        else:
+            warn(message)
     return CPU
+
+
+#: solver_mode: GPU fallbacks not yet reported (see backend_of_solver)
+FALLBACK_NOTES = []
 
 
 def describe_devices():

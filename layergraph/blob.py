@@ -6,6 +6,8 @@ the blob's dtype (float32 by default, like Caffe).  Parameter diffs accumulate
 share a parameter hold the very same Blob object.  Bottom diffs are
 overwritten.
 """
+import os
+
 import numpy as np
 
 from .backend import DEFAULT_DTYPE
@@ -85,7 +87,20 @@ class Blob:
         if any(d < 0 for d in shape):
             raise ShapeError(f"blob '{self.name}': negative dimension in {shape}")
         if shape != self._data.shape:
-            self._data = self.xp.zeros(shape, dtype=self.dtype)
+            nbytes = self.dtype.itemsize
+            for d in shape:
+                nbytes *= d
+            limit, where = memory_limit(self.xp)
+            if nbytes > limit:
+                raise BlobSizeError(f"blob '{self.name}' of shape {shape} needs "
+                                    f"{human_bytes(nbytes)}, more than the "
+                                    f"{human_bytes(limit)} of {where}")
+            try:
+                self._data = self.xp.zeros(shape, dtype=self.dtype)
+            except (MemoryError, ValueError) as e:
+                raise BlobSizeError(f"blob '{self.name}' of shape {shape} needs "
+                                    f"{human_bytes(nbytes)}, which cannot be allocated "
+                                    f"({' '.join(str(e).split())[:120]})") from None
             self._diff = None
         return self
 
@@ -145,6 +160,37 @@ class Blob:
 
     def __repr__(self):
         return f"Blob({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class BlobSizeError(ShapeError):
+    """A blob would not fit in memory (the Net adds the layer's name)."""
+
+
+_memory = {}
+
+
+def memory_limit(xp):
+    """(bytes, description) that one array may at most take: this machine's
+    physical memory for NumPy, the device's memory for CuPy."""
+    key = xp.__name__
+    if key not in _memory:
+        if key == "numpy":
+            try:
+                total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError, AttributeError):  # pragma: no cover
+                total = 1 << 50
+            _memory[key] = (total, "memory this machine has")
+        else:
+            free, total = xp.cuda.runtime.memGetInfo()
+            _memory[key] = (total, "memory the GPU has")
+    return _memory[key]
+
+
+def human_bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024.0
 
 
 def proto_shape(proto):

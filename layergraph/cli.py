@@ -118,11 +118,14 @@ def cmd_train(args):
     solver = Solver(args.solver, log=progress.write, overrides=overrides,
                     backend=_backend(args, default=None))
     try:
-        if args.weights:
-            for path in args.weights.split(","):
-                solver.net.copy_from(path)
-        for path in solver.param.weights:
-            solver.net.copy_from(solver.resolve(path))
+        weights = (args.weights.split(",") if args.weights else []) + [
+            solver.resolve(path) for path in solver.param.weights]
+        for path in weights:
+            copied = solver.net.copy_from(path, allow_missing=args.allow_missing)
+            missing = solver.net.last_missing
+            progress.write(f"copied weights of {len(copied)} layer(s) from {path}"
+                           + (f"; kept initial values for {', '.join(missing)}"
+                              if missing else ""))
         if args.snapshot:
             solver.restore(args.snapshot)
         if progress.bar is not None:
@@ -257,12 +260,32 @@ def cmd_plot(args):
 
 # ------------------------------------------------------------ the parser ---
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with Caffe-tool manners: a usage mistake is one line on
+    stderr and exit status 2 (argparse prints the whole usage otherwise)."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="layergraph",
         description="Caffe-style deep-learning engine for metric learning.")
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("train", help="train a net from a solver prototxt")
@@ -270,6 +293,9 @@ def build_parser():
     p.add_argument("--model", help="the train/test net, for solver files that name none "
                                    "(MyCaffe's) or to replace the one they name")
     p.add_argument("--weights", help="initial weights (.caffemodel), comma-separated list")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --weights: layers the weights file lacks keep their initial "
+                        "values (fine-tuning) instead of being an error")
     p.add_argument("--snapshot", help="resume from a .solverstate")
     p.add_argument("--iterations", type=int, help="override max_iter")
     p.add_argument("--snapshot-prefix", help="override snapshot_prefix (where snapshots and "
@@ -283,7 +309,7 @@ def build_parser():
     p = sub.add_parser("test", help="score a trained net (mean of its outputs)")
     p.add_argument("--model", required=True)
     p.add_argument("--weights", required=True)
-    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--iterations", type=positive_int, default=50)
     p.add_argument("--phase", default="TEST")
     p.add_argument("--db")
     p.add_argument("--verbose", action="store_true")
@@ -292,7 +318,7 @@ def build_parser():
 
     p = sub.add_parser("time", help="per-layer forward/backward timing")
     p.add_argument("--model", required=True)
-    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--iterations", type=positive_int, default=20)
     p.add_argument("--phase", default="TRAIN")
     p.add_argument("--db")
     add_device_arguments(p)

@@ -42,11 +42,16 @@ def _constant(param, shape, rng):
 
 @filler("uniform")
 def _uniform(param, shape, rng):
+    if not param.min <= param.max:
+        raise LayerError(f"uniform filler: min ({param.min:g}) must not exceed max "
+                         f"({param.max:g})")
     return rng.uniform(param.min, param.max, size=shape)
 
 
 @filler("gaussian")
 def _gaussian(param, shape, rng):
+    if not param.std >= 0:
+        raise LayerError(f"gaussian filler: std must be >= 0, got {param.std:g}")
     values = rng.normal(param.mean, param.std, size=shape)
     if param.sparse >= 0:
         # Keep on average `sparse` non-zero inputs per output (Caffe semantics).

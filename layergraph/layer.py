@@ -183,7 +183,11 @@ class Layer:
         blob = Blob(shape, dtype=self.dtype, xp=self.xp,
                     name=name or f"{self.name}[{len(self.blobs)}]")
         if filler is not None:
-            blob.data[...] = self.xp.asarray(fill(filler, blob.shape, self.rng()))
+            try:
+                values = fill(filler, blob.shape, self.rng())
+            except LayerError as e:
+                raise self.error(str(e)) from None
+            blob.data[...] = self.xp.asarray(values)
         return blob
 
     def rng(self):

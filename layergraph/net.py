@@ -26,7 +26,8 @@ import numpy as np
 
 from .backend import CPU, DEFAULT_DTYPE, get_backend
 from .blob import Blob
-from .errors import NetError, SnapshotError
+from .blob import BlobSizeError
+from .errors import NetError, ShapeError, SnapshotError
 from .layer import layer_class
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net
@@ -225,6 +226,9 @@ class Net:
             param, self.source = model, "<NetParameter>"
         else:
             param, self.source = read_net(model), os.fspath(model)
+        if phase not in (pb.TRAIN, pb.TEST, pb.RUN):
+            raise NetError(f"phase must be TRAIN ({pb.TRAIN}), TEST ({pb.TEST}) or RUN "
+                           f"({pb.RUN}), got {phase!r}")
         self.phase = phase
         self.dtype = np.dtype(dtype)
         if backend is None:
@@ -242,9 +246,13 @@ class Net:
                 state.stage.extend(param.state.stage)
         self.state = state
         param = upgrade_legacy_inputs(param)
+        param_had_layers = bool(param.layer)
         param = filter_net(param, state)
         if phase == pb.RUN:
             param = derive_run_net(param, input_shape)
+        if not param.layer:
+            raise NetError(f"{self.source}: the net has no layers"
+                           + (f" in phase {pb.Phase.Name(phase)}" if param_had_layers else ""))
         param = insert_splits(param)
         self.param = param
         self._build(param)
@@ -308,8 +316,16 @@ class Net:
                     self.blobs[name] = blob
                     tops.append(blob)
             layer.check_blob_counts(bottoms, tops)
-            layer.setup(bottoms, tops)
-            layer.reshape(bottoms, tops)
+            try:
+                layer.setup(bottoms, tops)
+                layer.reshape(bottoms, tops)
+            except BlobSizeError as e:
+                raise ShapeError(f"layer '{lp.name}' ({lp.type}): {e}") from None
+            if lp.type == "Input":
+                for name, blob in zip(lp.top, tops):
+                    if 0 in blob.shape:
+                        raise ShapeError(f"layer '{lp.name}' (Input): top '{name}' has shape "
+                                         f"{blob.shape}; every dimension must be > 0")
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
             if lp.blobs:
@@ -404,6 +420,13 @@ class Net:
                     for j in range(len(self.bottom_vecs[i]))]
 
     # ---------------------------------------------------------- running --
+    def _index_of(self, name):
+        try:
+            return self._layer_index[name]
+        except (KeyError, TypeError):
+            raise NetError(f"no layer named {name!r} in the net; layers: "
+                           f"{', '.join(self.layer_names)}") from None
+
     def layer(self, name):
         try:
             return self.layers[self._layer_index[name]]
@@ -414,6 +437,10 @@ class Net:
     def set_input(self, name, array):
         if name not in self.blobs:
             raise NetError(f"no blob named '{name}' to feed; inputs: "
+                           f"{', '.join(self.inputs) or 'none'}")
+        if name not in self.inputs:
+            raise NetError(f"blob '{name}' is not an input of the net (a layer computes it, "
+                           f"so a fed value would be overwritten); inputs: "
                            f"{', '.join(self.inputs) or 'none'}")
         array = self.xp.asarray(array, dtype=self.dtype)
         blob = self.blobs[name]
@@ -431,8 +458,8 @@ class Net:
 
     def forward_prefilled(self, start=None, end=None):
         """Forward with the inputs already in place; returns the weighted loss."""
-        i0 = 0 if start is None else self._layer_index[start]
-        i1 = len(self.layers) - 1 if end is None else self._layer_index[end]
+        i0 = 0 if start is None else self._index_of(start)
+        i1 = len(self.layers) - 1 if end is None else self._index_of(end)
         loss = 0.0
         for i in range(i0, i1 + 1):
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
@@ -479,21 +506,34 @@ class Net:
                         f"{blob.shape} in the net but {tuple(shape)} in the weights file")
             blob.from_proto(proto, reshape=False)
 
-    def copy_from(self, weights):
+    def copy_from(self, weights, allow_missing=False):
         """Copy trained parameters from a .caffemodel (path) or NetParameter,
-        matching layers by name (layers missing on either side are skipped)."""
+        matching layers by name; returns the names of the layers copied.
+
+        Layers of the file that the net lacks are ignored (Caffe's rule).  A
+        layer of the net with parameters that the file lacks is an error --
+        a truncated file or the wrong net -- unless ``allow_missing`` (for
+        fine-tuning, where new layers keep their fillers'  values)."""
         if isinstance(weights, pb.NetParameter):
             param, where = weights, "<NetParameter>"
         else:
             where = os.fspath(weights)
             param = read_binary(where, pb.NetParameter(), "weights file (.caffemodel)")
-        copied = 0
+        copied = []
         for lp in param.layer:
             if lp.name in self._layer_index and lp.blobs:
                 self._load_layer_blobs(self.layer(lp.name), lp.blobs, where)
-                copied += 1
-        if copied == 0 and any(layer.blobs for layer in self.layers):
+                copied.append(lp.name)
+        wanted = [layer.name for layer in self.layers if layer.blobs]
+        if not copied and wanted:
             raise SnapshotError(f"{where}: no layer name matches this net; nothing was loaded")
+        missing = [name for name in wanted if name not in set(copied)]
+        if missing and not allow_missing:
+            raise SnapshotError(
+                f"{where}: holds no weights for layer(s) {', '.join(missing)} of this net "
+                f"(a truncated file, or another net?); to keep their initial values when "
+                f"fine-tuning, allow missing layers (train --allow-missing)")
+        self.last_copied, self.last_missing = copied, missing
         return copied
 
     def share_weights_from(self, other):

@@ -78,8 +78,12 @@ def read_text_file(path, what="prototxt"):
         raise PrototxtError(f"{path}: no such file")
     if os.path.isdir(path):
         raise PrototxtError(f"{path}: is a directory, expected a {what} file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    _require_regular_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PrototxtError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     if b"\x00" in raw[:4096]:
         raise PrototxtError(f"{path}: is a binary file; expected a text {what}")
     try:
@@ -122,13 +126,28 @@ def parse_layer(text, source="<string>"):
     return parse_text(text, pb.LayerParameter(), source)
 
 
+def _require_regular_file(path, what):
+    """Refuse FIFOs, sockets and devices: reading one would block or never end."""
+    import stat
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise PrototxtError(f"{path}: is not a regular file (a FIFO, socket or device); "
+                            f"expected a {what} file")
+
+
 def read_binary(path, message, what):
     """A binary proto (.caffemodel, .solverstate, .binaryproto)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise PrototxtError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    if os.path.isdir(path):
+        raise PrototxtError(f"{path}: is a directory, expected a {what}")
+    _require_regular_file(path, what)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PrototxtError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     try:
         message.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError):

@@ -1,0 +1,139 @@
+"""A user's mistakes and faults end in one line and exit status 2 -- never a
+traceback, a crash or a hang (issue: hardening).  Each case runs the CLI as
+a user would, in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import layergraph as lg
+from layergraph.prototxt import parse_net
+
+SMALL = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+"""
+
+
+def cli(*args, timeout=60):
+    proc = subprocess.run([sys.executable, "-m", "layergraph", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line(result, *fragments, code=2):
+    rc, out, err = result
+    assert rc == code, (rc, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_huge_input_names_layer_and_size(tmp_path):
+    model = write(tmp_path, "big.prototxt", SMALL.replace(
+        "dim: 2 dim: 1 dim: 8 dim: 8", "dim: 100000 dim: 100000 dim: 100000 dim: 100000"))
+    line = assert_one_line(cli("time", "--model", model), "layer 'in'", "PiB")
+    assert "more than" in line
+
+
+def test_empty_prototxt_is_an_empty_net(tmp_path):
+    model = write(tmp_path, "empty.prototxt", "")
+    assert_one_line(cli("time", "--model", model), "the net has no layers")
+    solver = write(tmp_path, "solver.prototxt",
+                   f'net: "{model}" base_lr: 0.1 max_iter: 5 snapshot_prefix: "{tmp_path}/s"')
+    assert_one_line(cli("train", "--solver", solver, "--quiet"), "the net has no layers")
+    assert not list(tmp_path.glob("s_iter_*"))
+
+
+def test_negative_std_names_the_layer(tmp_path):
+    model = write(tmp_path, "m.prototxt", SMALL.replace(
+        'weight_filler { type: "xavier" }', 'weight_filler { type: "gaussian" std: -1 }'))
+    assert_one_line(cli("time", "--model", model), "layer 'ip'", "std must be >= 0")
+
+
+def test_zero_dimension_input(tmp_path):
+    model = write(tmp_path, "m.prototxt", SMALL.replace("dim: 2 dim: 1", "dim: 0 dim: 1"))
+    assert_one_line(cli("time", "--model", model), "layer 'in'", "must be > 0")
+
+
+@pytest.mark.parametrize("command", ["test", "time"])
+def test_zero_iterations_rejected(tmp_path, command):
+    model = write(tmp_path, "m.prototxt", SMALL)
+    extra = ["--weights", "w.caffemodel"] if command == "test" else []
+    assert_one_line(cli(command, "--model", model, *extra, "--iterations", "0"),
+                    "--iterations", "at least 1")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_model_does_not_hang(tmp_path):
+    fifo = tmp_path / "model.prototxt"
+    os.mkfifo(fifo)
+    assert_one_line(cli("time", "--model", fifo, timeout=20), "not a regular file")
+
+
+@pytest.mark.parametrize("content", [os.urandom(300), b"[1,2,3]\n", b'{"kind": "train"}\n'])
+def test_plot_refuses_what_is_not_a_log(tmp_path, content):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(content)
+    line = assert_one_line(cli("plot", "--log", log, "--out", tmp_path / "c.png"))
+    assert "log.jsonl" in line
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_plot_skips_a_torn_last_line(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [{"kind": "train", "iter": i, "loss": 1.0 / (i + 1), "smoothed_loss": 1.0}
+               for i in range(5)]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "tr')
+    rc, out, err = cli("plot", "--log", log, "--out", tmp_path / "c.png")
+    assert rc == 0, err
+    assert "torn last line" in err and "Traceback" not in err
+    assert (tmp_path / "c.png").exists()
+
+
+def test_truncated_weights_are_an_error_unless_allowed(tmp_path):
+    two = SMALL + """
+layer { name: "ip2" type: "InnerProduct" bottom: "y" top: "z"
+        inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }"""
+    net = lg.Net(parse_net(two), lg.TRAIN)
+    full = net.to_proto().SerializeToString()
+    partial = lg.pb.NetParameter()
+    partial.ParseFromString(full)
+    del partial.layer[-1]  # as if the file had been cut after 'ip'
+    path = tmp_path / "w.caffemodel"
+    path.write_bytes(partial.SerializeToString())
+    other = lg.Net(parse_net(two), lg.TRAIN, seed=5)
+    with pytest.raises(lg.SnapshotError, match="no weights for layer.*ip2"):
+        other.copy_from(str(path))
+    assert other.copy_from(str(path), allow_missing=True) == ["ip"]
+    assert other.last_missing == ["ip2"]
+    np.testing.assert_array_equal(other.params["ip"][0].data, net.params["ip"][0].data)
+
+
+def test_python_api_mistakes_are_layergraph_errors():
+    net = lg.Net(parse_net(SMALL), lg.TRAIN)
+    with pytest.raises(lg.NetError, match="no layer named 'nope'"):
+        net.forward(start="nope")
+    with pytest.raises(lg.NetError, match="not an input"):
+        net.forward(y=np.zeros((2, 3), np.float32))
+    with pytest.raises(lg.NetError, match="phase must be"):
+        lg.Net(parse_net(SMALL), phase=7)
+
+
+def test_usage_mistakes_are_one_line():
+    assert_one_line(cli("bogus"), "invalid choice")
+    assert_one_line(cli("time"), "--model")
