@@ -221,7 +221,8 @@ class Net:
     """
 
     def __init__(self, model, phase=pb.TRAIN, weights=None, level=0, stages=(),
-                 seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None, backend=None):
+                 seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None, backend=None,
+                 batch_branches=True):
         if isinstance(model, pb.NetParameter):
             param, self.source = model, "<NetParameter>"
         else:
@@ -256,6 +257,10 @@ class Net:
         param = insert_splits(param)
         self.param = param
         self._build(param)
+        # the execution plan: weight-shared branches run as one batch (plan.py)
+        from .plan import build_schedule, find_chains
+        self.chains = find_chains(self) if batch_branches else []
+        self.schedule = build_schedule(self, self.chains)
         if weights:
             self.copy_from(weights)
 
@@ -458,26 +463,60 @@ class Net:
 
     def forward_prefilled(self, start=None, end=None):
         """Forward with the inputs already in place; returns the weighted loss."""
-        i0 = 0 if start is None else self._index_of(start)
-        i1 = len(self.layers) - 1 if end is None else self._index_of(end)
+        if start is None and end is None:
+            steps = self.schedule        # the plan: chains run as one batch
+        else:
+            i0 = 0 if start is None else self._index_of(start)
+            i1 = len(self.layers) - 1 if end is None else self._index_of(end)
+            steps = range(i0, i1 + 1)
+        self._ran_batched = {}
         loss = 0.0
-        for i in range(i0, i1 + 1):
-            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
-            for j, w in self.loss_weights[i]:
-                loss += w * float(top[j].data.sum())
+        for step in steps:
+            if not isinstance(step, int):
+                batched = step.forward()
+                self._ran_batched[id(step)] = batched
+                if not batched:  # branch inputs differ in shape: one by one
+                    for i in sorted(step.layer_indices):
+                        self._forward_layer(i)
+                continue
+            loss += self._forward_layer(step)
         self.last_loss = loss
+        return loss
+
+    def _forward_layer(self, i):
+        layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        loss = 0.0
+        for j, w in self.loss_weights[i]:
+            loss += w * float(top[j].data.sum())
         return loss
 
     def backward(self):
         """Back-propagate from every loss top (its diff set to its weight)."""
-        for i in reversed(range(len(self.layers))):
-            top = self.top_vecs[i]
-            for j, w in self.loss_weights[i]:
-                top[j].diff[...] = w
-            if self.layer_need_backward[i]:
-                self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+        ran_batched = getattr(self, "_ran_batched", {})
+        for step in reversed(self.schedule):
+            if not isinstance(step, int):
+                if ran_batched.get(id(step)):
+                    step.backward()
+                else:
+                    for i in sorted(step.layer_indices, reverse=True):
+                        self._backward_layer(i)
+                continue
+            self._backward_layer(step)
+
+    def _backward_layer(self, i):
+        top = self.top_vecs[i]
+        for j, w in self.loss_weights[i]:
+            top[j].diff[...] = w
+        if self.layer_need_backward[i]:
+            self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def describe_plan(self):
+        """Lines saying how the net runs (``layergraph time`` prints them)."""
+        if not self.chains:
+            return ["plan: every layer on its own (no weight-shared branches to batch)"]
+        return [f"plan: {chain.describe()}" for chain in self.chains]
 
     def forward_backward(self):
         loss = self.forward_prefilled()

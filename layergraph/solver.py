@@ -25,6 +25,12 @@ Update rules (h, h2: per-parameter history; m = momentum, eps = delta):
 
 Learning-rate policies: fixed, step, exp, inv, multistep, poly, sigmoid
 (formulas in :func:`learning_rate`).
+
+Backends: the nets, the parameters and the history live on the solver's
+backend (``solver_mode: GPU`` + ``device_id``, or the ``backend`` argument).
+On a kernel backend (gpu, emu) steps 3-5 are one fused kernel per parameter
+blob (``kernels/solver_update.cu``), which rounds exactly as the NumPy path
+does and leaves the same clipped, normalised, regularised g in the diff.
 """
 import json
 import math
@@ -34,6 +40,7 @@ import time
 
 import numpy as np
 
+from .backend import backend_of_solver, get_backend, to_numpy
 from .errors import SolverError, SnapshotError
 from .net import Net
 from .proto import pb
@@ -44,6 +51,15 @@ SOLVER_TYPES = {
     "rmsprop": "RMSProp", "adadelta": "AdaDelta", "adam": "Adam",
 }
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+
+#: the fused update kernel of each solver type (kernels/solver_update.cu)
+UPDATE_KERNELS = {
+    "SGD": "solver_sgd_update", "Nesterov": "solver_nesterov_update",
+    "AdaGrad": "solver_adagrad_update", "RMSProp": "solver_rmsprop_update",
+    "AdaDelta": "solver_adadelta_update", "Adam": "solver_adam_update",
+}
+#: the kernels' ``reg`` argument (LG_REG_* in solver_update.cu)
+REG_NONE, REG_L2, REG_L1 = 0, 1, 2
 
 
 # ------------------------------------------------------------ lr policy ----
@@ -157,9 +173,15 @@ class Solver:
     Relative paths inside the solver file (``net``, ``snapshot_prefix``) are
     taken relative to the solver file's directory when they do not exist
     relative to the working directory.
+
+    ``backend`` (a Backend or a name: ``cpu``, ``gpu:0``, ``emu``) overrides
+    the solver file's ``solver_mode``/``device_id``; it is ``self.backend``.
+    ``solver_mode: GPU`` on a machine without one trains on the CPU (a
+    one-line warning goes to ``log``); a ``backend`` naming a GPU that cannot
+    be used raises GPUError.
     """
 
-    def __init__(self, solver, log=print, overrides=None):
+    def __init__(self, solver, log=print, overrides=None, backend=None):
         if isinstance(solver, pb.SolverParameter):
             self.param, self.source, self.base_dir = solver, "<SolverParameter>", os.getcwd()
         else:
@@ -178,6 +200,8 @@ class Solver:
         validate(self.param, self.source)
         self.type = solver_type_of(self.param)
         self.log = log or (lambda *a, **k: None)
+        self.backend = (backend_of_solver(self.param, warn=self.log) if backend is None
+                        else get_backend(backend))
         seed = self.param.random_seed
         if seed < 0:
             seed = int.from_bytes(os.urandom(4), "little")
@@ -216,8 +240,8 @@ class Solver:
         train_param = (getattr(p, field) if field.endswith("param")
                        else self._net_source(getattr(p, field)))
         state = p.train_state
-        self.net = Net(train_param, phase=pb.TRAIN,
-                       level=state.level, stages=tuple(state.stage), seed=self.seed)
+        self.net = Net(train_param, phase=pb.TRAIN, level=state.level,
+                       stages=tuple(state.stage), seed=self.seed, backend=self.backend)
         if self.net.source == "<NetParameter>" and field in ("net", "train_net"):
             self.net.source = self.resolve(getattr(p, field))
         # test nets: test_net_param, test_net, then net/net_param for the rest
@@ -235,7 +259,7 @@ class Solver:
         for i, tp in enumerate(test_params):
             st = p.test_state[i] if p.test_state else pb.NetState(phase=pb.TEST)
             net = Net(tp, phase=pb.TEST, level=st.level, stages=tuple(st.stage),
-                      seed=self.seed + 7919 * (i + 1))
+                      seed=self.seed + 7919 * (i + 1), backend=self.backend)
             net.share_weights_from(self.net)
             self.test_nets.append(net)
 
@@ -253,7 +277,7 @@ class Solver:
 
     # ------------------------------------------------------------ update --
     def _init_history(self):
-        xp = self.net.xp
+        xp = self.backend.xp
         n_hist = 2 if self.type in ("AdaDelta", "Adam") else 1
         self.history = [xp.zeros_like(b.data) for _ in range(n_hist)
                         for b in self.net.learnable_params]
@@ -262,21 +286,32 @@ class Solver:
         rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
         return rate
 
-    def clip_gradients(self):
+    def clip_scale(self):
+        """clip / ||g||_2 when clip_gradients >= 0 and the norm of all the
+        parameter diffs exceeds it, else None.  The float64 sum of squares
+        stays on the backend; one number comes to the host."""
         clip = self.param.clip_gradients
         if clip < 0:
-            return
-        sumsq = sum(float((b.diff.astype(np.float64) ** 2).sum())
-                    for b in self.net.learnable_params)
+            return None
+        xp = self.backend.xp
+        sumsq = float(sum((b.diff.astype(xp.float64) ** 2).sum()
+                          for b in self.net.learnable_params))
         norm = math.sqrt(sumsq)
-        if norm > clip:
-            scale = clip / norm
+        return clip / norm if norm > clip else None
+
+    def clip_gradients(self):
+        scale = self.clip_scale()
+        if scale is not None:
             for b in self.net.learnable_params:
                 b.diff[...] *= scale
 
     def apply_update(self):
         rate = self.learning_rate()
         self.rate = rate
+        if self.backend.kernels is not None:
+            self.apply_update_kernels(rate)
+            self.iter += 1
+            return
         self.clip_gradients()
         p = self.param
         n = len(self.net.learnable_params)
@@ -296,6 +331,50 @@ class Solver:
             update = self.compute_update(i, n, g, rate * lr_mult)
             blob.data[...] -= update
         self.iter += 1
+
+    def apply_update_kernels(self, rate):
+        """Steps 3-5 on a kernel backend: one fused launch per learnable blob
+        (lr_mult != 0).  The scalars are rounded to float32 from the same
+        double expressions the NumPy path uses, so both round alike."""
+        p = self.param
+        params = self.net.learnable_params
+        n = len(params)
+        clip_scale = self.clip_scale()
+        if clip_scale is not None:
+            # frozen blobs get no launch but are clipped like on the CPU
+            for i, blob in enumerate(params):
+                if self.net.params_lr[i] == 0:
+                    blob.diff[...] *= clip_scale
+        clip_scale = 1.0 if clip_scale is None else clip_scale
+        iter_scale = 1.0 / p.iter_size
+        kernel = UPDATE_KERNELS[self.type]
+        for i, blob in enumerate(params):
+            lr_mult = self.net.params_lr[i]
+            if lr_mult == 0:
+                continue
+            lr = rate * lr_mult
+            local_decay = p.weight_decay * self.net.params_weight_decay[i]
+            reg = (REG_NONE if not local_decay
+                   else REG_L2 if p.regularization_type == "L2" else REG_L1)
+            arrays = [blob.data, blob.diff, self.history[i]]
+            if self.type in ("AdaDelta", "Adam"):
+                arrays.append(self.history[i + n])
+            if self.type == "SGD":
+                rule = (lr, p.momentum)
+            elif self.type == "Nesterov":
+                rule = (lr, p.momentum, 1.0 + p.momentum)
+            elif self.type == "AdaGrad":
+                rule = (lr, p.delta)
+            elif self.type == "RMSProp":
+                rule = (lr, p.rms_decay, 1.0 - p.rms_decay, p.delta)
+            elif self.type == "AdaDelta":
+                rule = (lr, p.momentum, 1.0 - p.momentum, p.delta)
+            else:  # Adam
+                b1, b2, t = p.momentum, p.momentum2, self.iter + 1
+                correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+                rule = (lr * correction, b1, 1.0 - b1, b2, 1.0 - b2, p.delta)
+            self.backend.launch(kernel, (blob.count, *arrays, clip_scale, iter_scale, reg,
+                                         local_decay, *rule), n=blob.count)
 
     def compute_update(self, i, n, g, lr):
         """The update value for learnable parameter ``i`` (see module doc)."""
@@ -420,7 +499,7 @@ class Solver:
         for _ in range(iters):
             loss += net.forward_prefilled()
             for name in net.outputs:
-                value = np.asarray(net.blobs[name].data, dtype=np.float64)
+                value = np.asarray(to_numpy(net.blobs[name].data), dtype=np.float64)
                 sums[name] = sums.get(name, 0.0) + value
         results = {k: (float(v) / iters if np.ndim(v) == 0 else v / iters)
                    for k, v in sums.items()}
@@ -465,7 +544,7 @@ class Solver:
         for h in self.history:
             blob = state.history.add()
             blob.shape.dim.extend(h.shape)
-            blob.data.extend(np.asarray(h, dtype=np.float32).ravel().tolist())
+            blob.data.extend(to_numpy(h).astype(np.float32, copy=False).ravel().tolist())
         layer_state = {"train": self.net.state_dict(),
                        "test": [n.state_dict() for n in self.test_nets]}
         state.layer_state = json.dumps(layer_state)
@@ -498,7 +577,8 @@ class Solver:
             if values.size != self.history[k].size:
                 raise SnapshotError(f"{state_path}: history blob {k} has {values.size} "
                                     f"values, expected {self.history[k].size}")
-            self.history[k][...] = self.net.xp.asarray(values.reshape(self.history[k].shape))
+            self.history[k][...] = self.backend.xp.asarray(
+                values.reshape(self.history[k].shape))
         self.iter = int(state.iter)
         self.current_step = int(state.current_step)
         self.losses = list(state.smoothed_loss_window)

@@ -25,6 +25,16 @@ averaged, then an exponential moving average computed from the batch as a
 whole.  (MyCaffe scales the first item by 1/M and applies its EMA item by
 item, so the result depended on the order inside a batch; neither happens
 here.)  ``n_l`` saturates at ``M``: past that point only "n_l >= M" matters.
+
+Kernel path
+-----------
+On the GPU (and its CPU emulation) the layers run kernels/decode.cu and
+kernels/accuracy.cu instead of the array code below; :func:`ignored_mask_array`
+and :func:`label_columns` give the kernels their view of the ignore list and of
+the label rows.  All state stays in the layers' blobs, on the device.  The
+kernels do not check the label range (that would pull the labels to the host
+on every batch): an item whose label is outside [0, L) updates nothing and
+counts as wrong, where the NumPy path raises.
 """
 import numpy as np
 
@@ -83,6 +93,23 @@ def ignore_mask(xp, labels, ignore_labels):
     for value in ignore_labels:
         keep &= labels != int(value)
     return keep
+
+
+def ignored_mask_array(xp, num_labels, ignore_labels):
+    """(L,) uint8, 1 for the labels in ``ignore_labels``: the kernels' view of
+    :func:`ignore_mask` (a label outside [0, L) matches no class anyway)."""
+    mask = np.zeros(num_labels, dtype=np.uint8)
+    for value in ignore_labels:
+        if 0 <= int(value) < num_labels:
+            mask[int(value)] = 1
+    return xp.asarray(mask)
+
+
+def label_columns(xp, label, n):
+    """The label blob as the kernels read it: (contiguous float32 data,
+    columns per row); column 0 of row i is element ``i * columns``."""
+    cols = label.count // n if n else 1
+    return xp.ascontiguousarray(label.data, dtype=xp.float32), cols
 
 
 # ---------------------------------------------------------- distances ----

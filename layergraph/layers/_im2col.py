@@ -83,3 +83,16 @@ def col2im(col, dx, kernel, stride, dilation, out_size, batch_last=False, groups
         for j in range(view.shape[2]):
             view[:, i, j] += taps[:, i, j]
     return dx
+
+
+def matmul_accumulate(a, b, out):
+    """``out += a @ b`` for 2-D arrays (``a``, ``b`` may be transposed views),
+    the parameter-gradient update of the kernel paths.  On CuPy it is one
+    cuBLAS GEMM with beta = 1 (no temporary, no separate add); on NumPy the
+    plain expression."""
+    xp = get_array_module(out)
+    if xp is np:
+        out += a @ b
+        return out
+    from cupy import cublas  # pragma: no cover - GPU
+    return cublas.gemm("N", "N", a, b, out=out, alpha=1.0, beta=1.0)  # pragma: no cover - GPU

@@ -19,6 +19,10 @@ class AccuracyLayer(Layer):
     them, integer values in [0, C)); top[0] the accuracy, shape (); optional
     top[1] the per-class accuracy, shape (C,) (0 for a class absent from the
     batch).  No backward pass.
+
+    Kernel path (GPU and its emulation): one launch of ``accuracy_forward``
+    (kernels/accuracy.cu) computes both tops on the device; a label out of
+    range is not checked there (it would need a host sync) and counts as wrong.
     """
 
     exact_bottoms = 2
@@ -36,6 +40,7 @@ class AccuracyLayer(Layer):
         self.axis_param = int(p.axis)
         self.has_ignore_label = p.HasField("ignore_label")
         self.ignore_label = int(p.ignore_label)
+        self._tally = None  # kernel path: int32 counters
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -59,6 +64,17 @@ class AccuracyLayer(Layer):
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         xp = self.xp
+        if self.use_kernels:  # kernels/accuracy.cu
+            size = 2 + 2 * self.channels
+            if self._tally is None or self._tally.size != size:
+                self._tally = xp.empty((size,), dtype=xp.int32)
+            per_class = len(top) > 1
+            self.launch("accuracy_forward", self.outer, self.channels, self.inner,
+                        bottom[0].data, xp.ascontiguousarray(bottom[1].data, dtype=xp.float32),
+                        self.top_k, self.has_ignore_label, self.ignore_label, self._tally,
+                        top[0].data, per_class, top[1].data if per_class else top[0].data,
+                        grid=1)
+            return
         x = bottom[0].data.reshape(self.outer, self.channels, self.inner)
         labels = bottom[1].data.reshape(self.outer, self.inner).astype(xp.int64)
         if self.has_ignore_label:

@@ -28,6 +28,12 @@ A class without a centroid counts as NOT_READY (never predicted; an item of that
 class is wrong).  Items whose label equals ``accuracy_param.ignore_label`` are
 neither counted nor used for centroids.  ``accuracy_param.top_k`` must be 1.
 No backward.
+
+Kernel path (GPU and its emulation): one launch of ``accuracy_encoding_forward``
+(kernels/accuracy.cu: distances on the fly, the leave-one-out choice made on
+the device, both tops), plus in TRAIN one of Decode's ``decode_update_centroids``
+(kernels/decode.cu).  Labels outside [0, L) are not checked there: such items
+count as wrong and update nothing.
 """
 from ..layer import Layer, register_layer
 from ..proto import pb
@@ -63,6 +69,13 @@ class AccuracyEncoding(Layer):
             blob = self.make_blob(shape, name=f"{self.name} {name}")
             blob.learnable = False
             self.blobs.append(blob)
+        if self.use_kernels:
+            L, D = self.num_labels, self.dim
+            xp = self.xp
+            self._ignored = C.ignored_mask_array(xp, L, self.ignore_labels)
+            self._tally = xp.empty((2 + 2 * L,), dtype=xp.int32)
+            self._batch_sums = xp.empty((L * D,), dtype=xp.float32)   # leave-one-out
+            self._batch_sizes = xp.empty((L,), dtype=xp.float32)
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -77,6 +90,9 @@ class AccuracyEncoding(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         n = bottom[0].shape[0]
+        if self.use_kernels:  # kernels/accuracy.cu, kernels/decode.cu
+            self._forward_kernels(bottom, top, n)
+            return
         x = bottom[0].data.reshape(n, self.dim)
         labels = C.item_labels(self, bottom[1], bottom[0].shape)
         valid = C.ignore_mask(xp, labels, self.ignore_labels)
@@ -94,6 +110,21 @@ class AccuracyEncoding(Layer):
 
         if self.phase == pb.TRAIN:
             C.update_centroids(xp, centroids, counts, x, labels, valid, self.cache_size * n)
+
+    def _forward_kernels(self, bottom, top, n):
+        L, D = self.num_labels, self.dim
+        x = bottom[0].data
+        labels, cols = C.label_columns(self.xp, bottom[1], n)
+        centroids, counts = self.blobs[0].data, self.blobs[1].data
+        per_label = len(top) > 1
+        ignore = self.ignore_labels[0] if self.ignore_labels else 0
+        self.launch("accuracy_encoding_forward", n, L, D, x, labels, cols,
+                    bool(self.ignore_labels), ignore, centroids, counts,
+                    self.phase != pb.TRAIN, self._batch_sums, self._batch_sizes, self._tally,
+                    top[0].data, per_label, top[1].data if per_label else top[0].data, grid=1)
+        if self.phase == pb.TRAIN:
+            self.launch("decode_update_centroids", n, L, D, x, labels, cols, self._ignored,
+                        float(self.cache_size * n), centroids, counts, False, counts, grid=L)
 
     def _leave_one_out_distances(self, x, labels, valid):
         xp = self.xp

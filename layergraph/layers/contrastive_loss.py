@@ -33,8 +33,11 @@ Gradient (g = top diff / (2N)), with dl/dd:
                 clamped to eps = 1e-12 (at d = 0, a - b = 0 and the gradient is 0).
     MANHATTAN:  dd/da = sign(a - b)  (0 where a_k = b_k)
     dE/db = -dE/da.
-The same expressions run on NumPy and CuPy, so there is no separate GPU
-gradient to drift (Caffe's legacy GPU gradient was wrong for years).
+The kernel path (GPU and its emulation) runs kernels/contrastive_loss.cu: one
+fused forward kernel (distances, loss terms, the reduction to the scalar loss,
+the matches top, each pair's gradient coefficient) and one backward kernel
+(both bottom diffs).  It is tested against the NumPy path below, so the two
+cannot drift apart (Caffe's legacy GPU gradient was wrong for years).
 
 Matches rule (second top): the quantity the margin is compared with, q = d
 (default) or q = d^2 (legacy), against the threshold margin / 2, halfway between
@@ -79,6 +82,7 @@ class ContrastiveLoss(Layer):
         if lp.HasField("ignore_label"):
             raise self.error("loss_param.ignore_label is not supported (every pair counts)")
         self.per_batch = lp.normalization != pb.LossParameter.NONE
+        self._coef = None  # kernel path: per-pair gradient coefficients
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -106,6 +110,17 @@ class ContrastiveLoss(Layer):
         xp = self.xp
         a, b, label = bottom
         n = a.shape[0]
+        if self.use_kernels:  # kernels/contrastive_loss.cu
+            if self._coef is None or self._coef.shape[0] != n:
+                self._coef = xp.empty((n,), dtype=xp.float32)
+            labels = xp.ascontiguousarray(label.data, dtype=xp.float32)
+            matches = top[1].data if self.output_matches else self._coef
+            block = self.backend.block
+            self.launch("contrastive_loss_forward", n, a.count_range(1), a.data, b.data, labels,
+                        label.count // n if n else 1, self.margin, self.legacy, self.manhattan,
+                        2.0 * self._normalizer(n), self._coef, top[0].data,
+                        self.output_matches, matches, grid=1, shared=8 * block)
+            return
         diff = (a.data - b.data).reshape(n, -1)
         if self.manhattan:
             dist = xp.sum(xp.abs(diff), axis=1)
@@ -138,6 +153,13 @@ class ContrastiveLoss(Layer):
         xp = self.xp
         a = bottom[0]
         n = a.shape[0]
+        if self.use_kernels:
+            if a.count:
+                self.launch("contrastive_loss_backward", a.count, a.count_range(1), a.data,
+                            bottom[1].data, self._coef, top[0].diff, 2.0 * self._normalizer(n),
+                            self.manhattan, bool(propagate_down[0]), bool(propagate_down[1]),
+                            bottom[0].diff, bottom[1].diff, n=a.count)
+            return
         scale = top[0].diff.reshape(()) / (2.0 * self._normalizer(n))
         dist, similar, diff = self._dist, self._similar_mask, self._diff
         active = self._hinge > 0

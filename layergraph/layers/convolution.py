@@ -17,9 +17,15 @@ y = w (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo).  Backward:
     dw += dy @ col^T,   db += sum over n, r, s of dy,   dx = col2im(w^T @ dy)
 
 (w^T @ dy is computed with its rows reordered tap-major, as col2im wants).
+
+Kernel path (GPU and its emulation, kernels/im2col.cu): the same products
+on NCHW columns -- im2col kernel, GEMM per group (cuBLAS), one kernel adding
+the bias while transposing (O, N, Ho*Wo) to the top's (N, O, Ho, Wo);
+backward transposes dy back (summing the bias gradient in the same kernel),
+accumulates dw with a GEMM and gathers dx from w^T @ dy with col2im.
 """
 from ..layer import Layer, register_layer
-from ._im2col import col2im, conv_out_size, im2col
+from ._im2col import col2im, conv_out_size, im2col, matmul_accumulate
 
 #: Use batch-last columns when output rows are shorter than this (see _im2col).
 BATCH_LAST_BELOW = 16
@@ -123,6 +129,13 @@ class Convolution(Layer):
         xp, dt = self.xp, self.dtype
         (ph, pw), (kh, kw) = self.pad, self.kernel
         self.out_size = (ho, wo)
+        if self.use_kernels:  # NCHW columns (C*kh*kw, N*Ho*Wo), rows (c, i, j)
+            (sh, sw), (dh, dw) = self.stride, self.dilation
+            self._window = (n, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo)
+            self._col = xp.empty((c * kh * kw, n * ho * wo), dtype=dt)
+            self._out = xp.empty((self.num_output, n * ho * wo), dtype=dt)
+            self._dcol = None                              # backward only
+            return
         self.batch_last = wo < BATCH_LAST_BELOW
         rows, cols = c * kh * kw, n * ho * wo
         self._col = xp.empty((rows, cols), dtype=dt)
@@ -151,6 +164,9 @@ class Convolution(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/im2col.cu
+            self._forward_kernels(x, top[0].data)
+            return
         if self._needs_buffer:
             xp.copyto(self._xpad[self._interior], x)
             x = self._xpad
@@ -161,6 +177,17 @@ class Convolution(Layer):
             xp.add(self._out_nchw, self.blobs[1].data[None, :, None, None], out=top[0].data)
         else:
             xp.copyto(top[0].data, self._out_nchw)
+
+    def _forward_kernels(self, x, y):
+        """im2col -> GEMM per group -> bias + transpose to NCHW: 3 launches."""
+        n, c = self._window[:2]
+        ho, wo = self.out_size
+        windows = c * n * ho * wo      # one thread per (c, n, r, s), looping over taps
+        self.launch("im2col_nchw", windows, x, *self._window, self._col, n=windows)
+        self._matmul(self.blobs[0].data, self._col, self._out)
+        bias = self.blobs[1].data if self.bias_term else self._out  # not read without bias
+        self.launch("conv_bias_to_nchw", y.size, self._out, bias, int(self.bias_term), n,
+                    self.num_output, ho * wo, y, n=y.size)
 
     def _matmul(self, weight, col, out):
         """out (O, P) = weight (O, C/g*kh*kw) @ col (C*kh*kw, P), group by group."""
@@ -175,6 +202,9 @@ class Convolution(Layer):
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
+        if self.use_kernels:  # kernels/im2col.cu
+            self._backward_kernels(top[0].diff, propagate_down[0], bottom[0].diff)
+            return
         xp, g, o = self.xp, self.group, self.num_output
         dy = self._out                 # the forward output buffer is free now
         xp.copyto(self._out_nchw, top[0].diff)
@@ -215,3 +245,32 @@ class Convolution(Layer):
         if dx is not bottom[0].diff:
             xp.copyto(bottom[0].diff, dx[self._interior])
 
+
+    def _backward_kernels(self, dy, propagate, dx):
+        """dy to GEMM order (+ bias gradient, same kernel) -> dw += GEMM per
+        group -> dcol = w^T @ dy -> col2im gather: 4 launches with one group."""
+        xp, g, o = self.xp, self.group, self.num_output
+        n, plane = self._window[0], self.out_size[0] * self.out_size[1]
+        rows = self._out               # the forward output buffer is free now
+        if self.bias_term:             # one block per output channel
+            self.launch("conv_nchw_to_rows_bias", n, o, plane, dy, rows, self.blobs[1].diff,
+                        grid=o, shared=4 * self.backend.block)
+        else:
+            self.launch("conv_nchw_to_rows", rows.size, dy, n, o, plane, rows, n=rows.size)
+        weight = self.blobs[0]
+        cols = rows.shape[1]
+        rows_g = rows.reshape(g, o // g, cols)
+        col_g = self._col.reshape(g, -1, cols)
+        dw_g = weight.diff.reshape(g, o // g, -1)
+        for k in range(g):
+            matmul_accumulate(rows_g[k], col_g[k].T, dw_g[k])
+        if not propagate:
+            return
+        if self._dcol is None:
+            self._dcol = xp.empty_like(self._col)
+        w_g = weight.data.reshape(g, o // g, -1)
+        if g == 1:
+            xp.dot(w_g[0].T, rows, out=self._dcol)
+        else:
+            xp.matmul(w_g.transpose(0, 2, 1), rows_g, out=self._dcol.reshape(g, -1, cols))
+        self.launch("col2im_nchw", dx.size, self._dcol, *self._window, dx, n=dx.size)

@@ -15,7 +15,8 @@ the embedding diff (the identity's gradient).
 
 ``layer.stored_embeddings()`` returns (embeddings (n, D), labels (n,)) as NumPy
 arrays, oldest first.  The buffer is a diagnostic: it is not part of the
-snapshot state.
+snapshot state.  On the GPU it stays on the device (forward copies rows there,
+nothing comes back to the host) until stored_embeddings() is called.
 """
 import numpy as np
 
@@ -55,20 +56,24 @@ class Debug(Layer):
 
     # ---------------------------------------------------------- forward --
     def forward(self, bottom, top):
-        xp = self.xp
         x = bottom[0]
         if top[0] is not x:
             top[0].data[...] = x.data
         n = x.shape[0]
         rows = x.data.reshape(n, self.dim)
+        labels = None
         if len(bottom) > 1:
-            labels = C.label_rows(self, bottom[1], x.shape)[:, 0].astype(np.float64)
-        else:
-            labels = xp.full((n,), np.nan, dtype=np.float64)
-        keep = min(n, self.max_stored)  # a batch larger than the buffer keeps its tail
-        slots = (self._seen + (n - keep) + xp.arange(keep)) % self.max_stored
-        self._embeddings[slots] = rows[n - keep:]
-        self._labels[slots] = labels[n - keep:]
+            labels = C.label_rows(self, bottom[1], x.shape)[:, 0]
+        # a batch larger than the buffer keeps its tail; the slots it fills
+        # are one range, or two when it wraps: slice copies, no index arrays
+        keep = min(n, self.max_stored)
+        start = (self._seen + n - keep) % self.max_stored
+        first = min(keep, self.max_stored - start)
+        for dst, src in ((slice(start, start + first), slice(n - keep, n - keep + first)),
+                         (slice(0, keep - first), slice(n - keep + first, n))):
+            if dst.stop > dst.start:
+                self._embeddings[dst] = rows[src]
+                self._labels[dst] = np.nan if labels is None else labels[src]
         self._seen += n
 
     # --------------------------------------------------------- backward --

@@ -42,6 +42,12 @@ shared by layer name with the TEST net; a resumed run continues exactly):
     KNN:      blobs[0] cache (L, cache_size, D), blobs[1] fill (L,),
               blobs[2] updates (1,), blobs[3] ring cursor (L,)
 No backward: an evaluation layer (the triplet/contrastive losses train the net).
+
+Kernel path (GPU and its emulation): kernels/decode.cu, one launch for the
+distances, one for the TRAIN update (centroids and counts, or the ring
+buffers, and the update counter) and one for the centroids top; the state stays
+in the blobs on the device, nothing is read back on the host.  Labels outside
+[0, L) are not checked there (see :mod:`layergraph.layers._centroids`).
 """
 from ..layer import Layer, register_layer
 from ..proto import pb
@@ -94,6 +100,9 @@ class Decode(Layer):
             blob = self.make_blob(shape, name=f"{self.name} {name}")
             blob.learnable = False
             self.blobs.append(blob)
+        if self.use_kernels:
+            self._ignored = C.ignored_mask_array(self.xp, L, self.ignore_labels)
+            self._knn_scratch = None  # per (item, label) distances to the cache slots
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -114,6 +123,9 @@ class Decode(Layer):
         return ready
 
     def forward(self, bottom, top):
+        if self.use_kernels:  # kernels/decode.cu
+            self._forward_kernels(bottom, top)
+            return
         xp = self.xp
         n = bottom[0].shape[0]
         x = bottom[0].data.reshape(n, self.dim)
@@ -153,3 +165,33 @@ class Decode(Layer):
         else:
             centroids = self.blobs[0].data
         return xp.where(self._ready()[:, None], centroids, 0)
+
+    def _forward_kernels(self, bottom, top):
+        """forward on the kernel path: the same results, every step on the device."""
+        xp = self.xp
+        n, L, D = bottom[0].shape[0], self.num_labels, self.dim
+        x = bottom[0].data
+        state, counts, updates = (blob.data for blob in self.blobs[:3])
+        cap = self.cache_size
+        if self.knn:
+            size = n * L * cap
+            if self._knn_scratch is None or self._knn_scratch.size != size:
+                self._knn_scratch = xp.empty((size,), dtype=xp.float32)
+            self.launch("decode_knn_distances", n, L, cap, D, self.k, x, state, counts,
+                        self._ignored, self._knn_scratch, top[0].data, n=n * L)
+        else:
+            self.launch("decode_centroid_distances", n, L, D, x, state, counts, self._ignored,
+                        top[0].data, n=n * L)
+
+        if self.update:
+            labels, cols = C.label_columns(xp, bottom[1], n)
+            if self.knn:
+                self.launch("decode_push_ring", n, L, cap, D, x, labels, cols, self._ignored,
+                            state, counts, self.blobs[3].data, updates, grid=L)
+            else:
+                self.launch("decode_update_centroids", n, L, D, x, labels, cols, self._ignored,
+                            float(cap * n), state, counts, True, updates, grid=L)
+
+        if len(top) > 1:
+            self.launch("decode_centroid_output", L, D, cap, self.knn, state, counts,
+                        self._ignored, updates, self.output_iteration, top[1].data, n=L * D)

@@ -10,8 +10,15 @@ bottom.shape[:axis] + (O,):
 Backward:
 
     dw += dy^T x  (transpose: x^T dy),   db += sum_m dy[m],   dx = dy w  (transpose: dy w^T)
+
+On the kernel path (GPU and its emulation) the forward pass is the same GEMM
++ broadcast bias add (2 launches; a hand-written kernel would not save one).
+Backward accumulates straight into the parameter diffs: dw with one GEMM
+(beta = 1 on cuBLAS), db as ones (1, M) @ dy with another, dx with a third --
+3 launches instead of the NumPy path's temporaries, adds and copies.
 """
 from ..layer import Layer, register_layer
+from ._im2col import matmul_accumulate
 
 
 @register_layer("InnerProduct")
@@ -35,6 +42,7 @@ class InnerProduct(Layer):
         self.blobs = [self.make_blob(shape, p.weight_filler)]
         if self.bias_term:
             self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
+        self._ones = None  # kernel path: (1, M) ones for the bias gradient GEMM
 
     def _axis(self, blob):
         axis = self.param.inner_product_param.axis
@@ -69,6 +77,9 @@ class InnerProduct(Layer):
         dy = top[0].diff.reshape(self.rows, self.num_output)
         x = bottom[0].data.reshape(self.rows, -1)
         weight = self.blobs[0]
+        if self.use_kernels:
+            self._backward_gemms(dy, x, propagate_down[0], bottom[0].diff)
+            return
         if self.transpose:
             weight.diff[...] += xp.dot(x.T, dy)
         else:
@@ -82,3 +93,22 @@ class InnerProduct(Layer):
                 xp.dot(dy, w, out=dx.reshape(self.rows, -1))
             else:  # a strided view: reshape would copy
                 dx[...] = xp.dot(dy, w).reshape(dx.shape)
+
+    def _backward_gemms(self, dy, x, propagate, dx):
+        """The kernel path's backward: every product accumulates or writes in
+        place (one cuBLAS call each on the GPU)."""
+        weight = self.blobs[0]
+        if self.transpose:
+            matmul_accumulate(x.T, dy, weight.diff)
+        else:
+            matmul_accumulate(dy.T, x, weight.diff)
+        if self.bias_term:
+            if self._ones is None or self._ones.shape[1] != self.rows:
+                self._ones = self.xp.ones((1, self.rows), dtype=self.dtype)
+            matmul_accumulate(self._ones, dy, self.blobs[1].diff.reshape(1, -1))
+        if propagate:
+            w = weight.data.T if self.transpose else weight.data
+            if dx.flags.c_contiguous:
+                self.xp.dot(dy, w, out=dx.reshape(self.rows, -1))
+            else:  # a strided view: reshape would copy
+                dx[...] = self.xp.dot(dy, w).reshape(dx.shape)

@@ -12,6 +12,8 @@ class NormalizeLayer(Layer):
 
     Shapes: bottom[0] (N, ...), top[0] the same.  Forward keeps r (N values);
     backward otherwise reads only the top data, so in-place use is correct.
+    Kernel path (kernels/normalize.cu): one launch forward, one backward, a
+    block per item.
 
     >>> from layergraph.testing import run_layer
     >>> run_layer('type: "Normalize"', [[[3.0, 4.0], [0.0, 2.0]]])[1][0]
@@ -44,6 +46,13 @@ class NormalizeLayer(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/normalize.cu
+            n = x.shape[0]
+            if self._norm is None or self._norm.shape != self._norm_shape(bottom[0]):
+                self._norm = xp.empty(self._norm_shape(bottom[0]), dtype=xp.float32)
+            self.launch("normalize_forward", n, x.size // max(n, 1), self.eps, x, self._norm,
+                        top[0].data, grid=n, shared=4 * self.backend.block)
+            return
         flat = x.reshape(x.shape[0], -1)
         norm = xp.sqrt((flat * flat).sum(axis=1) + self.eps)
         self._norm = norm.reshape(self._norm_shape(bottom[0]))
@@ -56,5 +65,9 @@ class NormalizeLayer(Layer):
         y = top[0].data
         dy = top[0].diff
         n = y.shape[0]
+        if self.use_kernels:
+            self.launch("normalize_backward", n, y.size // max(n, 1), y, dy, self._norm,
+                        bottom[0].diff, grid=n, shared=4 * self.backend.block)
+            return
         dot = (dy * y).reshape(n, -1).sum(axis=1).reshape(self._norm_shape(top[0]))
         bottom[0].diff[...] = (dy - y * dot) / self._norm

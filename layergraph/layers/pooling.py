@@ -25,6 +25,11 @@ over long arrays instead of a gather.  Taking the first maximum in each row
 and then the first row holding the maximum gives exactly Caffe's row-major
 first maximum.  When stride == kernel, pad == 0 and the kernel divides the
 input, the views are plain reshapes of the input (no padded copy).
+
+Kernel path (GPU and its emulation, kernels/pooling.cu): one launch forward
+(one thread per output, MAX keeping an int32 argmax per output for backward
+and writing the mask top in the same launch), one launch backward (a gather:
+one thread per input pixel, no atomics).
 """
 import math
 
@@ -126,6 +131,11 @@ class Pooling(Layer):
         xp, dt = self.xp, self.dtype
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         self.out_size = (ho, wo)
+        if self.use_kernels:  # kernels/pooling.cu reads x directly
+            self._window = (h, w, ho, wo, kh, kw, sh, sw, ph, pw)
+            self._argmax = (xp.empty((n, c, ho, wo), dtype=np.int32)
+                            if self.method == _P.MAX else None)
+            return
         # The padded plane the windows read: rows -ph .. (ho-1)*sh - ph + kh.
         hb = ph + max(h, (ho - 1) * sh + kh - ph)
         wb = pw + max(w, (wo - 1) * sw + kw - pw)
@@ -154,6 +164,15 @@ class Pooling(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/pooling.cu
+            y = top[0].data
+            if self.method == _P.MAX:
+                mask = top[1].data if len(top) > 1 else y  # y: not written without a mask
+                self.launch("max_pool_forward", y.size, x, *self._window, y, self._argmax,
+                            int(len(top) > 1), mask, n=y.size)
+            else:
+                self.launch("ave_pool_forward", y.size, x, *self._window, y, n=y.size)
+            return
         if self._needs_buffer:
             xp.copyto(self._xpad[self._interior], x)
             x = self._xpad
@@ -214,6 +233,14 @@ class Pooling(Layer):
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
+            return
+        if self.use_kernels:  # kernels/pooling.cu
+            dy, dx = top[0].diff, bottom[0].diff
+            if self.method == _P.MAX:
+                self.launch("max_pool_backward", dx.size, dy, self._argmax, *self._window, dx,
+                            n=dx.size)
+            else:
+                self.launch("ave_pool_backward", dx.size, dy, *self._window, dx, n=dx.size)
             return
         xp = self.xp
         (kh, kw), (sh, sw), (ho, wo) = self.kernel, self.stride, self.out_size

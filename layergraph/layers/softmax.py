@@ -19,7 +19,9 @@ class SoftmaxLayer(Layer):
     (o runs over the axes before ``axis``, i over those after it.)
     Shapes: bottom[0] any with that axis, top[0] the same.  The maximum is
     subtracted first, so large inputs do not overflow.  Backward reads only
-    the top data, so in-place use is correct.
+    the top data, so in-place use is correct.  Kernel path
+    (kernels/softmax.cu): one launch forward, one backward, a block per
+    position (o, i).
 
     >>> from layergraph.testing import run_layer
     >>> run_layer('type: "Softmax"', [[[0.0, 0.0], [0.0, 1000.0]]])[1][0]
@@ -40,10 +42,20 @@ class SoftmaxLayer(Layer):
         if top[0] is not bottom[0]:
             top[0].reshape_like(bottom[0])
 
+    def _geometry(self, blob):
+        """(outer, channels, inner): the kernels' view of a bottom-shaped blob."""
+        return (blob.count_range(0, self.axis), blob.shape[self.axis],
+                blob.count_range(self.axis + 1))
+
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.use_kernels:  # kernels/softmax.cu
+            outer, channels, inner = self._geometry(bottom[0])
+            self.launch("softmax_forward", outer, channels, inner, x, top[0].data,
+                        grid=outer * inner, shared=4 * self.backend.block)
+            return
         e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
         top[0].data[...] = e / e.sum(axis=self.axis, keepdims=True)
 
@@ -53,5 +65,10 @@ class SoftmaxLayer(Layer):
             return
         y = top[0].data
         dy = top[0].diff
+        if self.use_kernels:
+            outer, channels, inner = self._geometry(top[0])
+            self.launch("softmax_backward", outer, channels, inner, y, dy, bottom[0].diff,
+                        grid=outer * inner, shared=4 * self.backend.block)
+            return
         dot = (dy * y).sum(axis=self.axis, keepdims=True)
         bottom[0].diff[...] = (dy - dot) * y

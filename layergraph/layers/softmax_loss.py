@@ -28,6 +28,12 @@ class SoftmaxWithLossLayer(Layer):
     shaped like bottom[0] (it takes no gradient).  log p is computed as a
     log-softmax, so very confident wrong predictions give a large finite
     loss, not inf.
+
+    Kernel path (kernels/softmax.cu): forward is two launches (softmax and
+    -log p per position, a block per position; then one block sums and
+    normalises on the device), backward one.  Its only read back to the host
+    is the count of out-of-range labels, right where the Net reads the loss
+    anyway.
     """
 
     exact_bottoms = 2
@@ -47,6 +53,8 @@ class SoftmaxWithLossLayer(Layer):
         else:
             self.normalization = lp.normalization
         self._prob = None
+        self._rows = None    # kernel path: per-position loss and status
+        self._stats = None   # kernel path: (normaliser, bad labels) on the device
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -87,6 +95,11 @@ class SoftmaxWithLossLayer(Layer):
         mode = self.normalization
         if mode == pb.LossParameter.VALID:
             return self.xp.maximum(valid.sum(), 1).astype(self.dtype)
+        return self._fixed_normalizer()
+
+    def _fixed_normalizer(self):
+        """The normaliser of the modes that do not count valid positions."""
+        mode = self.normalization
         if mode == pb.LossParameter.FULL:
             z = self.outer * self.inner
         elif mode == pb.LossParameter.BATCH_SIZE:
@@ -100,6 +113,9 @@ class SoftmaxWithLossLayer(Layer):
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         xp = self.xp
+        if self.use_kernels:
+            self._forward_kernels(bottom, top)
+            return
         x = bottom[0].data.reshape(self.outer, self.channels, self.inner)
         valid, safe = self._labels(bottom)
         log_prob = log_softmax(xp, x, axis=1)
@@ -115,8 +131,44 @@ class SoftmaxWithLossLayer(Layer):
         if not propagate_down[0]:
             return  # labels (bottom[1]) never take a gradient
         xp = self.xp
+        if self.use_kernels:
+            self.launch("softmax_loss_backward", self._prob.size, self.channels, self.inner,
+                        self._prob, self._label_array(bottom), int(self.has_ignore_label),
+                        self.ignore_label, top[0].diff, self._stats, bottom[0].diff,
+                        n=self._prob.size)
+            return
         valid, safe = self._labels(bottom)
         one_hot = xp.arange(self.channels)[None, :, None] == safe[:, None, :]
         scale = top[0].diff / self._normalizer(valid)
         grad = (self._prob - one_hot) * (valid[:, None, :] * scale)
         bottom[0].diff[...] = grad.reshape(bottom[0].shape)
+
+    # --------------------------------------------------------- kernel path --
+    def _label_array(self, bottom):
+        labels = bottom[1].data
+        if labels.dtype != self.xp.float32 or not labels.flags.c_contiguous:
+            labels = self.xp.ascontiguousarray(labels, dtype=self.xp.float32)
+        return labels
+
+    def _forward_kernels(self, bottom, top):
+        """kernels/softmax.cu: probabilities, per-position losses, the total."""
+        xp = self.xp
+        rows = self.outer * self.inner
+        if self._prob is None or self._prob.shape != bottom[0].shape:
+            self._prob = xp.empty(bottom[0].shape, dtype=xp.float32)
+            self._rows = xp.empty((2, rows), dtype=xp.float32)
+            self._stats = xp.empty(2, dtype=xp.float32)
+        valid_mode = self.normalization == pb.LossParameter.VALID
+        fixed = 1.0 if valid_mode else self._fixed_normalizer()
+        block = self.backend.block
+        self.launch("softmax_loss_forward", self.outer, self.channels, self.inner,
+                    bottom[0].data, self._label_array(bottom), int(self.has_ignore_label),
+                    self.ignore_label, self._prob, self._rows[0], self._rows[1],
+                    grid=rows, shared=4 * block)
+        self.launch("softmax_loss_reduce", rows, self._rows[0], self._rows[1], int(valid_mode),
+                    fixed, top[0].data, self._stats, grid=1, shared=8 * block)
+        # the one read back: the Net reads the loss right after this forward
+        if float(self._stats[1]) > 0:
+            self._labels(bottom)  # raises, naming the first bad label
+        if len(top) > 1:
+            top[1].data[...] = self._prob

@@ -26,6 +26,10 @@ Gradient on the active triplets (h_i > 0; zero elsewhere), g = top diff / (2N):
 A batch without active triplets gives E = 0 and zero gradients.
 ``triplet_loss_param.pregen_label_start`` only matters for MyCaffe's fifth
 (pre-generated centroid) bottom, which this layer does not accept.
+
+The kernel path (GPU and its emulation) runs kernels/triplet_loss.cu: one fused
+forward kernel (both distances, the hinge, the sum to the scalar loss and the
+active fraction) and one backward kernel writing the three bottom diffs.
 """
 from ..layer import Layer, register_layer
 from ..proto import pb
@@ -47,6 +51,7 @@ class TripletLoss(Layer):
         if lp.HasField("ignore_label"):
             raise self.error("loss_param.ignore_label is not supported (every triplet counts)")
         self.per_batch = lp.normalization != pb.LossParameter.NONE
+        self._active_rows = None  # kernel path: 1.0 per active triplet, else 0.0
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -71,6 +76,16 @@ class TripletLoss(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         n = bottom[0].shape[0]
+        if self.use_kernels:  # kernels/triplet_loss.cu
+            if self._active_rows is None or self._active_rows.shape != (n,):
+                self._active_rows = xp.empty((n,), dtype=xp.float32)
+            out_active = len(top) > 1
+            block = self.backend.block
+            self.launch("triplet_loss_forward", n, bottom[0].count_range(1), bottom[0].data,
+                        bottom[1].data, bottom[2].data, self.alpha, 2.0 * self._normalizer(n),
+                        self._active_rows, top[0].data, out_active,
+                        top[1].data if out_active else self._active_rows, grid=1, shared=8 * block)
+            return
         a = bottom[0].data.reshape(n, -1)
         p = bottom[1].data.reshape(n, -1)
         neg = bottom[2].data.reshape(n, -1)
@@ -90,6 +105,14 @@ class TripletLoss(Layer):
         if not any(propagate_down[:3]):
             return
         n = bottom[0].shape[0]
+        if self.use_kernels:
+            if bottom[0].count:
+                self.launch("triplet_loss_backward", bottom[0].count, bottom[0].count_range(1),
+                            bottom[0].data, bottom[1].data, bottom[2].data, self._active_rows,
+                            top[0].diff, 2.0 * self._normalizer(n), bool(propagate_down[0]),
+                            bool(propagate_down[1]), bool(propagate_down[2]), bottom[0].diff,
+                            bottom[1].diff, bottom[2].diff, n=bottom[0].count)
+            return
         a = bottom[0].data.reshape(n, -1)
         p = bottom[1].data.reshape(n, -1)
         neg = bottom[2].data.reshape(n, -1)
