@@ -79,12 +79,15 @@ class Param:
 
 
 class Signature:
-    def __init__(self, name, params, source_file, body_start, source):
+    def __init__(self, name, params, source_file, body_start, source, barrier_functions=()):
         self.name = name
         self.params = [Param(p) for p in params.split(",") if p.strip()]
         self.file = source_file
-        self.uses_barrier = "__syncthreads" in _function_body(source, body_start) or \
-            "block_sum" in _function_body(source, body_start)
+        body = _function_body(source, body_start)
+        #: the kernel synchronises its block (directly or through a helper):
+        #: the emulation must then run the block's threads concurrently
+        self.uses_barrier = any(re.search(rf"\b{re.escape(f)}\b", body)
+                                for f in ("__syncthreads",) + tuple(barrier_functions))
 
     def check(self, args, is_array):
         """Validate and convert ``args``; returns the converted list."""
@@ -127,22 +130,47 @@ _index_lock = threading.Lock()
 _index = None
 
 
+_FUNCTION_RE = re.compile(r"__device__[^;{()]*?\b(\w+)\s*\([^)]*\)\s*\{", re.S)
+
+
+def _barrier_functions(sources):
+    """Names of the __device__ functions that call __syncthreads, directly
+    or through one another (to a fixed point)."""
+    bodies = {}
+    for source in sources:
+        for m in _FUNCTION_RE.finditer(source):
+            bodies[m.group(1)] = _function_body(source, m.end())
+    found = {"__syncthreads"}
+    changed = True
+    while changed:
+        changed = False
+        for name, body in bodies.items():
+            if name not in found and any(re.search(rf"\b{re.escape(f)}\b", body)
+                                         for f in found):
+                found.add(name)
+                changed = True
+    return found - {"__syncthreads"}
+
+
 def kernel_index():
     """{kernel name: Signature} over every ``kernels/*.cu`` file."""
     global _index
     with _index_lock:
         if _index is None:
             index = {}
+            with open(os.path.join(kernel_dir(), "common.cuh"), encoding="utf-8") as f:
+                common = _strip_comments(f.read())
             for path in sorted(glob.glob(os.path.join(kernel_dir(), "*.cu"))):
                 with open(path, encoding="utf-8") as f:
                     source = _strip_comments(f.read())
+                barriers = _barrier_functions([common, source])
                 for m in _KERNEL_RE.finditer(source):
                     name = m.group(1)
                     if name in index:
                         raise GPUError(f"kernel {name} is defined in both "
                                        f"{os.path.basename(index[name].file)} and "
                                        f"{os.path.basename(path)}")
-                    index[name] = Signature(name, m.group(2), path, m.end(), source)
+                    index[name] = Signature(name, m.group(2), path, m.end(), source, barriers)
             _index = index
         return _index
 

@@ -461,8 +461,10 @@ class Net:
         self.forward_prefilled(start, end)
         return {name: self.blobs[name].data for name in self.outputs}
 
-    def forward_prefilled(self, start=None, end=None):
-        """Forward with the inputs already in place; returns the weighted loss."""
+    def forward_prefilled(self, start=None, end=None, clock=None):
+        """Forward with the inputs already in place; returns the weighted loss.
+        ``clock(layer index)``, a context manager, times each layer (the
+        ``time`` command); a batched chain's stage counts for its first layer."""
         if start is None and end is None:
             steps = self.schedule        # the plan: chains run as one batch
         else:
@@ -473,44 +475,54 @@ class Net:
         loss = 0.0
         for step in steps:
             if not isinstance(step, int):
-                batched = step.forward()
+                batched = step.forward(clock)
                 self._ran_batched[id(step)] = batched
                 if not batched:  # branch inputs differ in shape: one by one
                     for i in sorted(step.layer_indices):
-                        self._forward_layer(i)
+                        self._forward_layer(i, clock)
                 continue
-            loss += self._forward_layer(step)
+            loss += self._forward_layer(step, clock)
         self.last_loss = loss
         return loss
 
-    def _forward_layer(self, i):
+    def _forward_layer(self, i, clock=None):
         layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
+        if clock is None:
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+        else:
+            with clock(i):
+                layer.reshape(bottom, top)
+                layer.forward(bottom, top)
         loss = 0.0
         for j, w in self.loss_weights[i]:
             loss += w * float(top[j].data.sum())
         return loss
 
-    def backward(self):
+    def backward(self, clock=None):
         """Back-propagate from every loss top (its diff set to its weight)."""
         ran_batched = getattr(self, "_ran_batched", {})
         for step in reversed(self.schedule):
             if not isinstance(step, int):
                 if ran_batched.get(id(step)):
-                    step.backward()
+                    step.backward(clock)
                 else:
                     for i in sorted(step.layer_indices, reverse=True):
-                        self._backward_layer(i)
+                        self._backward_layer(i, clock)
                 continue
-            self._backward_layer(step)
+            self._backward_layer(step, clock)
 
-    def _backward_layer(self, i):
+    def _backward_layer(self, i, clock=None):
         top = self.top_vecs[i]
         for j, w in self.loss_weights[i]:
             top[j].diff[...] = w
         if self.layer_need_backward[i]:
-            self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+            if clock is None:
+                self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+            else:
+                with clock(i):
+                    self.layers[i].backward(top, self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
 
     def describe_plan(self):
         """Lines saying how the net runs (``layergraph time`` prints them)."""

@@ -113,33 +113,46 @@ class BranchChain:
         return True
 
     # ----------------------------------------------------------- running --
-    def forward(self):
+    def forward(self, clock=None):
         """Run every stage on the batch; False (nothing run) when the branch
-        inputs differ in shape this time (the caller runs them unbatched)."""
+        inputs differ in shape this time (the caller runs them unbatched).
+        ``clock(layer index)`` is a context manager timing each stage."""
         if not self._gather_inputs():
             return False
-        net = self.net
         for s, stage in enumerate(self.stages):
-            lead = stage[0]
-            layer, bottom, top = net.layers[lead], [self.bottoms[s]], [self.tops[s]]
-            before = top[0]._data
-            layer.reshape(bottom, top)
-            if top[0] is not bottom[0] and (
-                    top[0]._data is not before or not self._all_bound(s)):
-                self._bind(top[0], [net.top_vecs[j][0] for j in stage])
-            layer.forward(bottom, top)
+            if clock is not None:
+                with clock(stage[0]):
+                    self._forward_stage(s, stage)
+            else:
+                self._forward_stage(s, stage)
         return True
+
+    def _forward_stage(self, s, stage):
+        net = self.net
+        lead = stage[0]
+        layer, bottom, top = net.layers[lead], [self.bottoms[s]], [self.tops[s]]
+        before = top[0]._data
+        layer.reshape(bottom, top)
+        if top[0] is not bottom[0] and (
+                top[0]._data is not before or not self._all_bound(s)):
+            self._bind(top[0], [net.top_vecs[j][0] for j in stage])
+        layer.forward(bottom, top)
 
     def _all_bound(self, s):
         return all(self._is_bound(self.net.top_vecs[j][0]) for j in self.stages[s])
 
-    def backward(self):
+    def backward(self, clock=None):
         net = self.net
         for s in reversed(range(len(self.stages))):
             lead = self.stages[s][0]
             if net.layer_need_backward[lead]:
-                net.layers[lead].backward([self.tops[s]], net.bottom_need_backward[lead],
-                                          [self.bottoms[s]])
+                if clock is None:
+                    net.layers[lead].backward([self.tops[s]], net.bottom_need_backward[lead],
+                                              [self.bottoms[s]])
+                    continue
+                with clock(lead):
+                    net.layers[lead].backward([self.tops[s]], net.bottom_need_backward[lead],
+                                              [self.bottoms[s]])
 
     @property
     def layer_indices(self):
@@ -150,8 +163,9 @@ class BranchChain:
         first = " -> ".join(names[stage[0]] for stage in self.stages)
         others = ["(" + ", ".join(names[stage[b]] for stage in self.stages) + ")"
                   for b in range(1, self.k)]
-        return (f"{self.k} weight-shared branches as one batch ({len(self.stages)} "
-                f"stages): {first}; also runs {'; '.join(others)}")
+        stages = len(self.stages)
+        return (f"{self.k} weight-shared branches as one batch ({stages} "
+                f"stage{'s' if stages > 1 else ''}): {first}; also runs {'; '.join(others)}")
 
 
 # ---------------------------------------------------------------- finding --

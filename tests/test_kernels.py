@@ -88,3 +88,19 @@ def test_uniform_hash_matches_kernel_formula():
     assert u.dtype == np.float32 and 0 <= u.min() and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.01
     assert np.array_equal(u, kernels.uniform_hash(12345, np.arange(100000)))
+
+
+def test_barriers_inside_helper_functions_are_detected():
+    source = '''
+static __device__ __forceinline__ float inner(float* buf) { __syncthreads(); return buf[0]; }
+static __device__ float outer(float* buf) { return inner(buf) + 1.f; }
+extern "C" __global__ void uses_helper(float* x) { x[0] = outer(x); }
+extern "C" __global__ void plain(float* x) { x[0] = 1.f; }
+'''
+    barriers = kernels._barrier_functions([source])
+    assert {"inner", "outer"} <= barriers
+    found = {m.group(1): kernels.Signature(m.group(1), m.group(2), "t.cu", m.end(), source,
+                                           barriers)
+             for m in kernels._KERNEL_RE.finditer(source)}
+    assert found["uses_helper"].uses_barrier and not found["plain"].uses_barrier
+    assert kernels.signature("softmax_forward").uses_barrier  # block_sum from common.cuh
