@@ -91,8 +91,13 @@ extern "C" __global__ void accuracy_forward(
       const float* scores = x + (p / inner) * channels * inner + p % inner;
       const float own = scores[lab * inner];
       long long better = 0;
-      for (long long c = 0; c < channels; ++c) better += scores[c * inner] > own;
-      right = better < top_k;
+      bool nan_seen = own != own;  // a NaN score makes the item wrong
+      for (long long c = 0; c < channels; ++c) {
+        const float v = scores[c * inner];
+        better += v > own;
+        nan_seen |= v != v;
+      }
+      right = better < top_k && !nan_seen;
     }
     accuracy_tally(tally, channels, lab, right, &counted, &hits, per_class_out);
   }

@@ -12,7 +12,7 @@ New layer types: subclass :class:`Layer` and decorate with
 """
 from .backend import Backend, get_backend
 from .blob import Blob
-from .errors import (DataError, DatasetNotFoundError, GPUError, KernelCompileError, LayerError,
+from .errors import (DataError, DatasetNotFoundError, DivergedError, GPUError, KernelCompileError, LayerError,
                      LayergraphError, NetError, PrototxtError, ShapeError, SnapshotError,
                      SolverError, UnknownLayerTypeError)
 from .layer import Layer, known_layer_types, register_layer
@@ -25,7 +25,7 @@ TRAIN, TEST, RUN = pb.TRAIN, pb.TEST, pb.RUN
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "get_backend", "GPUError", "KernelCompileError",
+    "Backend", "get_backend", "GPUError", "DivergedError", "KernelCompileError",
     "Blob", "Layer", "Net", "Solver", "register_layer", "known_layer_types", "pb",
     "TRAIN", "TEST", "RUN", "LayergraphError", "PrototxtError", "UnknownLayerTypeError",
     "NetError", "LayerError", "ShapeError", "SolverError", "DataError",

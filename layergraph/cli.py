@@ -126,6 +126,14 @@ def cmd_train(args):
             progress.write(f"copied weights of {len(copied)} layer(s) from {path}"
                            + (f"; kept initial values for {', '.join(missing)}"
                               if missing else ""))
+        solver.check_snapshot_dir()
+        if args.snapshot == "latest":
+            from .solver import latest_snapshot
+            found = latest_snapshot(solver.snapshot_prefix())
+            if found is None:
+                raise LayergraphError(f"--snapshot latest: no complete snapshot under "
+                                      f"{solver.snapshot_prefix()}_iter_*")
+            args.snapshot = found
         if args.snapshot:
             solver.restore(args.snapshot)
         if progress.bar is not None:
@@ -328,7 +336,8 @@ def build_parser():
     p.add_argument("--allow-missing", action="store_true",
                    help="with --weights: layers the weights file lacks keep their initial "
                         "values (fine-tuning) instead of being an error")
-    p.add_argument("--snapshot", help="resume from a .solverstate")
+    p.add_argument("--snapshot", help="resume from a .solverstate ('latest': the newest "
+                                      "complete snapshot under the solver's snapshot_prefix)")
     p.add_argument("--iterations", type=int, help="override max_iter")
     p.add_argument("--snapshot-prefix", help="override snapshot_prefix (where snapshots and "
                                              "the training log go)")

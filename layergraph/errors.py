@@ -54,3 +54,7 @@ class GPUError(LayergraphError):
 
 class KernelCompileError(GPUError):
     """A CUDA kernel in kernels/ failed to compile (NVRTC or the emulation)."""
+
+
+class DivergedError(SolverError):
+    """Training produced a non-finite loss or weights and was stopped."""

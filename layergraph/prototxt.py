@@ -160,13 +160,27 @@ def write_text(message, path):
 
 
 def atomic_write(path, data):
-    """Write ``data`` to ``path`` atomically: a temporary file, fsync, rename."""
+    """Write ``data`` to ``path`` atomically: a temporary file, fsync, rename.
+    On failure (a full disk) the temporary file is removed and the error
+    names the path."""
+    import errno
+    from .errors import SnapshotError
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if e.errno == errno.ENOSPC:
+            raise SnapshotError(f"no space left on the device writing {path} "
+                                f"({len(data):,} bytes); nothing was replaced") from None
+        raise SnapshotError(f"cannot write {path}: {e.strerror or e}") from None

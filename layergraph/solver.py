@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 from .backend import backend_of_solver, get_backend, to_numpy
-from .errors import SolverError, SnapshotError
+from .errors import DivergedError, SnapshotError, SolverError
 from .net import Net
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net, read_solver
@@ -90,7 +90,9 @@ def learning_rate(param, it, current_step=0):
     elif policy == "poly":
         rate = base * (1.0 - it / float(param.max_iter)) ** param.power
     elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + math.exp(-param.gamma * (it - param.stepsize))))
+        z = -param.gamma * (it - param.stepsize)
+        # 1 / (1 + e^z) without overflow: e^z may exceed a double's range
+        rate = base * (math.exp(-z) / (1.0 + math.exp(-z)) if z > 0 else 1.0 / (1.0 + math.exp(z)))
     else:
         raise SolverError(f"unknown lr_policy '{policy}'; known: {', '.join(LR_POLICIES)}")
     return rate, current_step
@@ -154,10 +156,103 @@ def validate(param, source="solver"):
         raise bad("test_iter must be >= 0")
     if param.snapshot_format == pb.SolverParameter.HDF5:
         raise bad("snapshot_format HDF5 is not supported; use BINARYPROTO")
+    if param.clip_gradients >= 0 and not math.isfinite(param.clip_gradients):
+        raise bad(f"clip_gradients must be a finite number, got {param.clip_gradients:g}")
+    for field in ("gamma", "power", "momentum", "momentum2", "delta", "weight_decay"):
+        if not math.isfinite(getattr(param, field)):
+            raise bad(f"{field} must be a finite number, got {getattr(param, field)}")
+    if policy in ("step", "exp", "multistep") and param.gamma < 0:
+        raise bad(f"lr_policy '{policy}' needs gamma >= 0, got {param.gamma:g}")
+    if policy == "sigmoid" and param.stepsize <= 0:
+        raise bad("lr_policy 'sigmoid' needs stepsize > 0")
+    _check_schedule(param, bad)
     if solver_type_of(param) == "RMSProp" and not 0 <= param.rms_decay < 1:
         raise bad(f"rms_decay must be in [0, 1), got {param.rms_decay:g}")
     if param.delta <= 0 and solver_type_of(param) != "SGD" and solver_type_of(param) != "Nesterov":
         raise bad(f"delta must be > 0, got {param.delta:g}")
+
+
+def _finite_json(value):
+    """``value`` with non-finite floats as strings ("nan", "inf"): the log
+    stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def latest_snapshot(prefix):
+    """The newest complete snapshot pair under ``prefix``: the path of the
+    highest-iteration ``<prefix>_iter_N.solverstate`` that parses and whose
+    .caffemodel exists, or None."""
+    import glob
+    import re
+    found = []
+    for path in glob.glob(glob.escape(prefix) + "_iter_*.solverstate"):
+        m = re.search(r"_iter_(\d+)\.solverstate$", path)
+        if m:
+            found.append((int(m.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            state = read_binary(path, pb.SolverState(), "solver state (.solverstate)")
+        except Exception:
+            continue
+        model = os.path.join(os.path.dirname(path), os.path.basename(state.learned_net))
+        if state.learned_net and os.path.isfile(model):
+            return path
+    return None
+
+
+def remove_stale_temporaries(prefix):
+    """Delete the temporary files of snapshots whose writer died (kill -9,
+    power loss): ``<prefix>_iter_N.{caffemodel,solverstate}.tmpPID`` whose
+    process is gone.  Returns the paths removed."""
+    import glob
+    import re
+    removed = []
+    for path in glob.glob(glob.escape(prefix) + "_*.tmp*"):
+        m = re.search(r"\.tmp(\d+)$", path)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_schedule(param, bad):
+    """The learning rate must be a finite, non-negative real number at every
+    iteration: sample the schedule (its ends, its steps, 200 points between)."""
+    last = max(param.max_iter, 1)
+    points = {0, 1, last - 1, last, max(param.stepsize, 0)} | set(param.stepvalue)
+    points |= {round(last * k / 200) for k in range(201)}
+    for it in sorted(p for p in points if p >= 0):
+        try:
+            rate, _ = learning_rate(param, it, 0)
+        except (OverflowError, ZeroDivisionError, ValueError) as e:
+            raise bad(f"lr_policy '{param.lr_policy}' gives no learning rate at iteration "
+                      f"{it} ({e}); check gamma, power and stepsize") from None
+        if isinstance(rate, complex) or not math.isfinite(rate) or rate < 0:
+            raise bad(f"lr_policy '{param.lr_policy}' gives the learning rate {rate} at "
+                      f"iteration {it}; check gamma, power and stepsize")
 
 
 # --------------------------------------------------------------- solver ----
@@ -422,7 +517,14 @@ class Solver:
         return 1
 
     def step(self, iters):
-        """Run ``iters`` iterations (tests, display and snapshots included)."""
+        """Run ``iters`` iterations (tests, display and snapshots included).
+
+        A non-finite loss stops training at once with a DivergedError (the
+        last finite snapshot is kept; nothing non-finite is ever written)."""
+        if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)):
+            raise SolverError(f"step() takes a whole number of iterations, got {iters!r}")
+        if iters < 0:
+            raise SolverError(f"step() takes a number of iterations >= 0, got {iters}")
         p = self.param
         stop_iter = self.iter + iters
         self._emit("on_start")
@@ -433,13 +535,17 @@ class Solver:
             t0 = time.perf_counter()
             self.net.clear_param_diffs()
             loss = 0.0
-            for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
+            with np.errstate(all="ignore"):  # a non-finite loss is reported below
+                for _ in range(p.iter_size):
+                    loss += self.net.forward_backward()
             loss /= p.iter_size
+            if not math.isfinite(loss):
+                self._diverged(f"the loss is {loss} at iteration {self.iter}")
             self._update_smoothed_loss(loss)
             self._emit("on_gradients_ready")
             it = self.iter
-            self.apply_update()
+            with np.errstate(all="ignore"):
+                self.apply_update()
             dt = time.perf_counter() - t0
             record = {"iter": it, "loss": loss, "smoothed_loss": self.smoothed_loss,
                       "lr": self.rate,
@@ -454,8 +560,34 @@ class Solver:
         if self.requested_stop and self.last_snapshot_iter != self.iter:
             self.snapshot()
 
+    def _diverged(self, what):
+        last = (f"the last snapshot, {self.snapshot_prefix()}_iter_{self.last_snapshot_iter}"
+                f".solverstate, is intact" if self.last_snapshot_iter is not None
+                else "no snapshot had been written")
+        self._write_log({"kind": "diverged", "iter": self.iter, "message": what})
+        raise DivergedError(f"training diverged: {what}; stopped without a snapshot "
+                            f"({last}); lower base_lr or set clip_gradients")
+
+    def check_snapshot_dir(self):
+        """Fail before training, not at the first snapshot, when snapshots
+        and the log cannot be written; clear stale temporaries."""
+        prefix = self.snapshot_prefix()
+        directory = os.path.dirname(prefix) or "."
+        try:
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f".layergraph-probe-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"")
+            os.remove(probe)
+        except OSError as e:
+            raise SnapshotError(f"snapshot_prefix {prefix}: cannot write in {directory} "
+                                f"({e.strerror or e})") from None
+        for path in remove_stale_temporaries(prefix):
+            self.log(f"removed {path}, left by an interrupted snapshot")
+
     def solve(self, resume=None):
         """Train to max_iter (resuming from a .solverstate if given)."""
+        self.check_snapshot_dir()
         if resume:
             self.restore(resume)
         self.log(f"Solving {self.net.name or 'net'} ({self.type}, seed {self.seed}) "
@@ -490,6 +622,13 @@ class Solver:
         return [self.test(i) for i in range(len(self.test_nets))]
 
     def test(self, test_id=0):
+        if (isinstance(test_id, bool) or not isinstance(test_id, (int, np.integer))
+                or not 0 <= test_id < len(self.test_nets)):
+            raise SolverError(f"no test net #{test_id!r}: this solver has "
+                              f"{len(self.test_nets)} (test_iter gives one per test net)")
+        return self._test(test_id)
+
+    def _test(self, test_id):
         """Run test_iter batches of test net ``test_id``; returns a dict of
         output name -> mean value (arrays for vector outputs)."""
         net = self.test_nets[test_id]
@@ -531,10 +670,19 @@ class Solver:
             os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
         record = dict(record, time=time.time())
         with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_finite_json(record), allow_nan=False) + "\n")
 
     def snapshot(self):
-        """Write <prefix>_iter_N.caffemodel and .solverstate (atomically)."""
+        """Write <prefix>_iter_N.caffemodel and .solverstate (atomically).
+
+        The .caffemodel is written first and the .solverstate, which names
+        it, last: a .solverstate on disk always has its weights beside it
+        (what :func:`latest_snapshot` relies on).  Non-finite weights are
+        never written (DivergedError)."""
+        for blob in self.net.learnable_params:
+            if not bool(self.backend.xp.isfinite(blob.data).all()):
+                self._diverged(f"parameter '{blob.name}' holds non-finite values at "
+                               f"iteration {self.iter}")
         prefix = self.snapshot_prefix()
         model_path = f"{prefix}_iter_{self.iter}.caffemodel"
         state_path = f"{prefix}_iter_{self.iter}.solverstate"
@@ -558,7 +706,13 @@ class Solver:
     def restore(self, state_path):
         """Continue from a .solverstate (and the .caffemodel it names)."""
         state_path = os.fspath(state_path)
+        if state_path.endswith(".caffemodel"):
+            raise SnapshotError(f"{state_path}: is a weights file; resume from its "
+                                f".solverstate (or start from these weights with --weights)")
         state = read_binary(state_path, pb.SolverState(), "solver state (.solverstate)")
+        if not state.learned_net and not state.history and not state.iter:
+            raise SnapshotError(f"{state_path}: is not a solver state (.solverstate) written "
+                                f"by `train`")
         if state.solver_type and state.solver_type != self.type:
             raise SnapshotError(f"{state_path}: written by a {state.solver_type} solver, "
                                 f"this solver is {self.type}")
@@ -589,7 +743,26 @@ class Solver:
             self.net.load_state_dict(layer_state.get("train", {}))
             for net, st in zip(self.test_nets, layer_state.get("test", [])):
                 net.load_state_dict(st)
+        self._truncate_log(self.iter)
         self.log(f"Restored solver state from {state_path} at iteration {self.iter}")
+
+    def _truncate_log(self, iteration):
+        """Drop the log records of iterations a resumed run will redo (and a
+        torn last line), so the log reads as if the run never stopped."""
+        path = self.snapshot_prefix() + "_log.jsonl"
+        if not os.path.isfile(path):
+            return
+        kept = []
+        with open(path, "rb") as f:
+            for line in f.read().split(b"\n"):
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue
+                if isinstance(record, dict) and record.get("iter", 0) < iteration:
+                    kept.append(json.dumps(record))
+        atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
+        self.log_path = path
 
     def close(self):
         self.net.close()

@@ -137,3 +137,108 @@ def test_python_api_mistakes_are_layergraph_errors():
 def test_usage_mistakes_are_one_line():
     assert_one_line(cli("bogus"), "invalid choice")
     assert_one_line(cli("time"), "--model")
+
+
+# ------------------------------------------------------------ the solver ----
+
+NAN_NET = """
+layer { name: "in" type: "Input" top: "x" top: "t"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+
+
+def _solver(tmp_path, extra=""):
+    (tmp_path / "net.prototxt").write_text(NAN_NET)
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "net.prototxt" max_iter: 20 snapshot: 5 snapshot_prefix: "snap/s" '
+                    f'solver_mode: CPU random_seed: 1 display: 1 {extra}')
+    return path
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_finite_snapshot(tmp_path):
+    solver = lg.Solver(str(_solver(tmp_path, "base_lr: 0.01")), log=None)
+    solver.net.blobs["x"].data[...] = 1.0
+    solver.step(5)                      # a finite snapshot at iteration 5
+    solver.param.base_lr = 1e35         # then it blows up
+    with pytest.raises(lg.DivergedError, match="training diverged.*iteration.*_iter_5"):
+        solver.step(10)
+    snaps = sorted(p.name for p in (tmp_path / "snap").iterdir())
+    assert snaps == ["s_iter_5.caffemodel", "s_iter_5.solverstate", "s_log.jsonl"]
+    weights = lg.Net(str(tmp_path / "net.prototxt"), lg.TEST,
+                     weights=str(tmp_path / "snap" / "s_iter_5.caffemodel"))
+    assert np.isfinite(weights.params["ip"][0].data).all()
+    for line in (tmp_path / "snap" / "s_log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in the log"))
+
+
+@pytest.mark.parametrize("schedule,fragment", [
+    ('lr_policy: "inv" gamma: -2 power: 0.5', "learning rate"),
+    ('lr_policy: "poly" power: -1', "learning rate"),
+    ('lr_policy: "step" gamma: -0.5 stepsize: 3', "gamma >= 0"),
+])
+def test_bad_schedules_are_refused_up_front(tmp_path, schedule, fragment):
+    solver = _solver(tmp_path, f"base_lr: 0.1 {schedule}")
+    assert_one_line(cli("train", "--solver", solver, "--quiet"), "solver.prototxt", fragment)
+    assert not (tmp_path / "snap").exists()
+
+
+def test_sigmoid_schedule_with_a_steep_gamma_does_not_overflow(tmp_path):
+    solver = lg.Solver(str(_solver(tmp_path, 'base_lr: 0.1 lr_policy: "sigmoid" gamma: 1000 '
+                                             'stepsize: 10')), log=None)
+    assert solver.learning_rate() == 0.0
+    solver.iter = 15
+    assert solver.learning_rate() == pytest.approx(0.1)
+
+
+def test_stale_temporaries_are_removed_and_latest_finds_the_newest_pair(tmp_path):
+    solver_path = _solver(tmp_path, "base_lr: 0.01")
+    assert cli("train", "--solver", solver_path, "--quiet", "--iterations", "10")[0] == 0
+    snap = tmp_path / "snap"
+    # a writer killed mid-snapshot: a temporary, and a weights file without its state
+    (snap / "s_iter_15.solverstate.tmp999999").write_bytes(b"partial")
+    (snap / "s_iter_15.caffemodel").write_bytes((snap / "s_iter_10.caffemodel").read_bytes())
+    from layergraph.solver import latest_snapshot
+    assert latest_snapshot(str(snap / "s")) == str(snap / "s_iter_10.solverstate")
+    rc, out, err = cli("train", "--solver", solver_path, "--quiet", "--snapshot", "latest")
+    assert rc == 0, err
+    assert "Restored solver state from" in out + err and "s_iter_10.solverstate" in out + err
+    assert not list(snap.glob("*.tmp*"))
+    iters = [json.loads(line)["iter"] for line in (snap / "s_log.jsonl").read_text().splitlines()
+             if json.loads(line).get("kind") == "train"]
+    assert iters == sorted(set(iters)), "the resumed log repeats iterations"
+
+
+def test_caffemodel_given_to_snapshot(tmp_path):
+    solver_path = _solver(tmp_path, "base_lr: 0.01")
+    assert cli("train", "--solver", solver_path, "--quiet", "--iterations", "5")[0] == 0
+    assert_one_line(cli("train", "--solver", solver_path, "--snapshot",
+                        tmp_path / "snap" / "s_iter_5.caffemodel"), "is a weights file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_snapshot_prefix_fails_before_training(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    solver_path = _solver(tmp_path, "base_lr: 0.01")
+    assert_one_line(cli("train", "--solver", solver_path, "--snapshot-prefix",
+                        locked / "sub" / "s"), "cannot write")
+
+
+def test_solver_api_mistakes(tmp_path):
+    solver = lg.Solver(str(_solver(tmp_path, "base_lr: 0.01")), log=None)
+    for bad in ("3", -5, 2.5):
+        with pytest.raises(lg.SolverError):
+            solver.step(bad)
+    with pytest.raises(lg.SolverError, match="no test net #5"):
+        solver.test(5)
+
+
+def test_accuracy_counts_nan_scores_as_wrong():
+    from layergraph.testing import run_layer
+    scores = np.array([[0.1, 0.9, 0.0], [np.nan, 0.2, 0.1], [0.3, np.nan, 0.2]])
+    _, (acc,) = run_layer('type: "Accuracy"', [scores, np.array([1.0, 0.0, 0.0])])
+    assert float(acc) == pytest.approx(1 / 3)

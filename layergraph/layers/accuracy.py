@@ -90,7 +90,9 @@ class AccuracyLayer(Layer):
         safe = xp.where(valid, labels, 0)
         true_score = xp.take_along_axis(x, safe[:, None, :], axis=1)
         better = (x > true_score).sum(axis=1)
-        correct = valid & (better < self.top_k)
+        # NaN compares false, which would rank it last: an item with a NaN
+        # score is wrong, whatever its label
+        correct = valid & (better < self.top_k) & ~xp.isnan(x).any(axis=1)
         count = valid.sum()
         top[0].data[...] = xp.where(count > 0, correct.sum() / xp.maximum(count, 1), 0)
         if len(top) > 1:

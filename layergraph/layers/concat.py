@@ -7,8 +7,12 @@ other axis:
     top = [bottom_0, bottom_1, ...] along axis,  top.shape[axis] = sum_j bottom_j.shape[axis]
 
 Backward gives each bottom its slice of the top diff.
+
+Kernel path (kernels/concat.cu): one launch per pass copies every bottom (the
+offsets and the bottoms' addresses travel in one small table).
 """
 from ..layer import Layer, register_layer
+from ._pointer_table import PointerTable, address
 from ._shared import canonical_axis
 
 
@@ -26,6 +30,8 @@ class Concat(Layer):
                              f"specify one of them")
         if any(b is top[0] for b in bottom):
             raise self.error("in-place computation is not supported")
+        self._data_table = PointerTable(self.xp)   # kernel path: offsets + bottom data
+        self._diff_table = PointerTable(self.xp)   # kernel path: offsets + bottom diffs
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -50,13 +56,35 @@ class Concat(Layer):
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
+        if self.use_kernels:  # kernels/concat.cu
+            y = top[0].data
+            table = self._data_table(self._offsets() + [address(b.data) for b in bottom])
+            self.launch("concat_forward", y.size, y.shape[self.axis],
+                        top[0].count_range(self.axis + 1), len(bottom), table, y, n=y.size)
+            return
         self.xp.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
+        if self.use_kernels:
+            if not any(propagate_down):
+                return
+            dy = top[0].diff
+            table = self._diff_table(self._offsets() + [
+                address(b.diff) if propagate_down[j] else 0 for j, b in enumerate(bottom)])
+            self.launch("concat_backward", dy.size, dy.shape[self.axis],
+                        top[0].count_range(self.axis + 1), len(bottom), table, dy, n=dy.size)
+            return
         lead = (slice(None),) * self.axis
         start = 0
         for j, size in enumerate(self.sizes):
             if propagate_down[j]:
                 bottom[j].diff[...] = top[0].diff[lead + (slice(start, start + size),)]
             start += size
+
+    def _offsets(self):
+        """Where each bottom starts along the axis, and the axis size."""
+        offsets = [0]
+        for size in self.sizes:
+            offsets.append(offsets[-1] + size)
+        return offsets

@@ -48,6 +48,10 @@ A daemon thread prepares the next ``prefetch`` batches (data_param.prefetch;
 0: no thread, each batch made in forward).  :meth:`close` stops it; it is
 also stopped when the layer is garbage-collected and at interpreter exit.
 The label top has the net's dtype (float), like Caffe's.
+
+On the ``gpu`` backend batches reach the device from pinned host memory on a
+copy stream of their own, overlapped with compute (:class:`_PinnedFeed`);
+on ``cpu`` and ``emu`` the tops are filled from the batch arrays directly.
 """
 import queue
 import threading
@@ -368,21 +372,22 @@ class _BatchPlan:
 # ----------------------------------------------------------------- prefetch --
 
 class _Prefetcher:
-    """A daemon thread that puts (k, batch) for k = start, start+1, ... into a
-    bounded queue."""
+    """A daemon thread that puts (k, make(k)) for k = start, start+1, ... into
+    a bounded queue (``make`` is the plan's ``batch``, or on the GPU a
+    function staging it in pinned memory)."""
 
-    def __init__(self, plan, start, depth, name):
+    def __init__(self, make, start, depth, name):
         self.queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(plan, start, self.queue, self.stop),
+        self.thread = threading.Thread(target=self._run, args=(make, start, self.queue, self.stop),
                                        name=f"layergraph-data-{name}", daemon=True)
         self.thread.start()
 
     @staticmethod
-    def _run(plan, k, q, stop):
+    def _run(make, k, q, stop):
         while not stop.is_set():
             try:
-                item = (k, plan.batch(k))
+                item = (k, make(k))
             except BaseException as e:  # handed to forward, which re-raises it
                 item = (k, e)
             while not stop.is_set():
@@ -407,6 +412,16 @@ class _Prefetcher:
             raise item
         return k, item
 
+    def poll(self):
+        """(k, item) when the next batch is ready, else None (never waits)."""
+        try:
+            k, item = self.queue.get_nowait()
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return k, item
+
     def close(self):
         self.stop.set()
         while True:  # unblock a producer waiting on a full queue
@@ -416,6 +431,73 @@ class _Prefetcher:
                 break
         if self.thread is not threading.current_thread():
             self.thread.join(timeout=30)
+
+
+class _PinnedFeed:
+    """GPU only: batches go to the device from pinned host memory, copied on a
+    stream of their own so that the copy overlaps compute.
+
+    * Pinned slots: batch k is staged in slot k % slots (by the prefetch
+      thread, or by forward with prefetch 0) after waiting for the event of
+      that slot's previous host-to-device copy, so a buffer being copied is
+      never overwritten.  With ``depth`` batches queued, the thread fills
+      batch k only once forward has taken batch k - depth - 1 (the queue had
+      room), so every batch up to k - depth - 2 has had its copy started and
+      its event recorded: depth + 2 slots suffice; there are depth + 3.
+    * Device staging pairs (two, batch k in pair k % 2): the copy of batch k
+      waits (on the copy stream) until the compute stream has finished
+      reading that pair for batch k - 2; the compute stream waits for the
+      copy's event, then copies the pair into the tops.
+    * After filling the tops of batch k, forward starts the copy of batch
+      k + 1 if the prefetch thread already has it ready: that copy runs
+      during batch k's compute.
+    """
+
+    def __init__(self, cupy, shapes, dtype, depth):
+        self.cupy = cupy
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.pinned = [tuple(self._pinned(shape, dtype) for shape in shapes)
+                       for _ in range(max(depth, 0) + 3)]
+        self.copied = [None] * len(self.pinned)  # event of each slot's last copy
+        self.staging = [tuple(cupy.empty(shape, dtype) for shape in shapes) for _ in range(2)]
+        self.read = [None, None]  # event: the compute stream is done reading a pair
+        self.pending = None       # (k, pair, event) of the copy started last
+
+    def _pinned(self, shape, dtype):
+        count = int(np.prod(shape, dtype=np.int64))
+        memory = self.cupy.cuda.alloc_pinned_memory(max(count, 1) * np.dtype(dtype).itemsize)
+        return np.frombuffer(memory, dtype, count).reshape(shape)
+
+    def stage(self, k, batch):
+        """Copy batch k = (data, labels) into its pinned slot; returns the slot."""
+        slot = k % len(self.pinned)
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()
+        for buffer, array in zip(self.pinned[slot], batch):
+            buffer[...] = array
+        return slot
+
+    def start_copy(self, k, slot):
+        """Start the host-to-device copy of batch k (staged in ``slot``)."""
+        pair = k % 2
+        if self.read[pair] is not None:
+            self.stream.wait_event(self.read[pair])
+        for device, host in zip(self.staging[pair], self.pinned[slot]):
+            device.set(host, stream=self.stream)
+        event = self.copied[slot] = self.stream.record()
+        self.pending = (k, pair, event)
+
+    def finish(self, k, top):
+        """Fill the tops with batch k once its copy is done (device-side wait)."""
+        got, pair, event = self.pending
+        if got != k:  # pragma: no cover - the counter and the feed disagree
+            raise DataError(f"the device copy holds batch {got}, expected {k}")
+        compute = self.cupy.cuda.get_current_stream()
+        compute.wait_event(event)
+        for t, device in zip(top, self.staging[pair]):
+            t.data[...] = device
+        self.read[pair] = compute.record()
+        self.pending = None
 
 
 class _Resources:
@@ -455,6 +537,7 @@ class DataLayer(Layer):
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.close)
         self._batch = 0
+        self._feed = None  # gpu backend: the pinned-memory feed (made on first forward)
 
     def setup(self, bottom, top):
         dp = self.param.data_param
@@ -489,11 +572,15 @@ class DataLayer(Layer):
         k = self._batch
         if self._res.source is None:
             raise self.error("the layer was closed")
+        if self.backend.is_gpu:
+            self._forward_gpu(k, top)
+            self._batch = k + 1
+            return
         if self._depth <= 0:
             data, labels = self._plan.batch(k)
         else:
             if self._res.prefetcher is None:
-                self._res.prefetcher = _Prefetcher(self._plan, k, self._depth, self.name)
+                self._res.prefetcher = _Prefetcher(self._plan.batch, k, self._depth, self.name)
             got, (data, labels) = self._res.prefetcher.get()
             if got != k:  # pragma: no cover - the counter and the thread disagree
                 raise DataError(f"layer '{self.name}': prefetched batch {got}, expected {k}")
@@ -501,6 +588,31 @@ class DataLayer(Layer):
         if len(top) > 1:
             top[1].data[...] = self.xp.asarray(labels)
         self._batch = k + 1
+
+    def _forward_gpu(self, k, top):
+        """Batch k into the tops through pinned memory (see :class:`_PinnedFeed`)."""
+        if self._feed is None:
+            self._feed = _PinnedFeed(self.xp, (self._data_shape, self._label_shape),
+                                     self.dtype, self._depth)
+        feed, plan = self._feed, self._plan
+        if feed.pending is None or feed.pending[0] != k:
+            if self._depth <= 0:
+                slot = feed.stage(k, plan.batch(k))
+            else:
+                if self._res.prefetcher is None:
+                    self._res.prefetcher = _Prefetcher(lambda j: feed.stage(j, plan.batch(j)),
+                                                       k, self._depth, self.name)
+                got, slot = self._res.prefetcher.get()
+                if got != k:  # pragma: no cover - the counter and the thread disagree
+                    raise DataError(f"layer '{self.name}': prefetched batch {got}, expected {k}")
+            feed.start_copy(k, slot)
+        feed.finish(k, top)
+        ready = self._res.prefetcher.poll() if self._res.prefetcher is not None else None
+        if ready is not None:  # the next batch is staged already: copy it during compute
+            got, slot = ready
+            if got != k + 1:  # pragma: no cover - the counter and the thread disagree
+                raise DataError(f"layer '{self.name}': prefetched batch {got}, expected {k + 1}")
+            feed.start_copy(got, slot)
 
     # ------------------------------------------------------------ state --
     @property
@@ -519,6 +631,8 @@ class DataLayer(Layer):
         if batch != self._batch:
             self._res.stop_prefetch()  # restarts at the restored counter on next forward
             self._batch = batch
+            if self._feed is not None:
+                self._feed.pending = None  # a copy started ahead is for the old stream
 
     def close(self):
         """Stop the prefetch thread and release the source (idempotent)."""

@@ -37,6 +37,16 @@ batches are reproducible from the seed.  The caches are part of
 are not saved, and a resumed run rebuilds them from the batches that follow
 (draws then differ from an uninterrupted run until the caches refill).
 No backward: the tops are data.
+
+Kernel path (kernels/data_sequence.cu): the caches live on the device.  Per
+forward: one launch hashes the batch's items (a 64-bit content hash, see
+:func:`_row_hash`) and rounds the labels, and those 16 bytes per item are the
+only device-to-host copy -- the host needs the labels and hashes to choose
+the (row, slot) picks with exactly the NumPy path's draws.  The picks, the
+cache slots of the new items and the labels top then travel to the device in
+one int64 array; one launch stores the batch in the caches, one gathers every
+image top (and the labels top).  Hashing on the device, rather than reading
+the Data layer's host batch, keeps the layer independent of what feeds it.
 """
 import base64
 import hashlib
@@ -46,6 +56,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..layer import Layer, register_layer
+from ._pointer_table import PointerTable, address
 
 STATE_LIMIT = 64 << 20
 
@@ -54,6 +65,22 @@ def _content_hash(items):
     """A 64-bit content hash per item (row of a 2-D array)."""
     return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
                                     "little") for row in items], dtype=np.uint64)
+
+
+def _mix(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _row_hash(items):
+    """NumPy twin of the kernel path's content hash (``data_sequence_hash``):
+    per row of a float32 2-D array, sum_e mix((e << 32 | bits_e) + golden)
+    mod 2^64 over the elements' bit patterns."""
+    bits = np.ascontiguousarray(items, np.float32).view(np.uint32).astype(np.uint64)
+    words = (np.arange(bits.shape[1], dtype=np.uint64) << np.uint64(32)) | bits
+    with np.errstate(over="ignore"):
+        return _mix(words + np.uint64(0x9E3779B97F4A7C15)).sum(axis=1, dtype=np.uint64)
 
 
 @register_layer("DataSequence")
@@ -85,6 +112,7 @@ class DataSequenceLayer(Layer):
             raise self.error(f"needs {want} tops ({', '.join(names)}) for k={self.k}, "
                              f"output_labels={self.output_labels}; got {len(top)}")
         self._reset_cache()
+        self._top_table = PointerTable(self.xp)  # kernel path: the image tops
 
     def _reset_cache(self):
         self._rows = {}          # label -> cache row
@@ -125,8 +153,9 @@ class DataSequenceLayer(Layer):
             rows[i] = row
         grow = len(self._row_labels) - len(self._count)
         if grow > 0:
-            self._cache = np.concatenate(
-                [self._cache, np.zeros((grow,) + self._cache.shape[1:], self._cache.dtype)])
+            xp = self.xp
+            self._cache = xp.concatenate(
+                [self._cache, xp.zeros((grow,) + self._cache.shape[1:], self._cache.dtype)])
             self._hash = np.concatenate([self._hash, np.zeros((grow, self.cache_size),
                                                               np.uint64)])
             self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
@@ -138,14 +167,16 @@ class DataSequenceLayer(Layer):
         if self._cache is None:
             self._item_shape = shape
             d = int(np.prod(shape, dtype=np.int64))
-            self._cache = np.zeros((0, self.cache_size, d), data.dtype)
+            self._cache = self.xp.zeros((0, self.cache_size, d), data.dtype)
             self._hash = np.zeros((0, self.cache_size), np.uint64)
         elif shape != self._item_shape:
             raise self.shape_error(f"item shape changed from {self._item_shape} to {shape} "
                                    "between batches")
 
-    def _add(self, items, hashes, rows):
-        """Append the batch to the ring caches, in batch order."""
+    def _add(self, hashes, rows):
+        """Place the batch in the ring caches, in batch order: updates the
+        hashes, counts and cursors and returns (rows, slots, batch items) of
+        the items to store (the caller copies the images)."""
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         first = np.searchsorted(sorted_rows, sorted_rows, side="left")
@@ -153,11 +184,12 @@ class DataSequenceLayer(Layer):
         slot = (self._cursor[sorted_rows] + nth) % self.cache_size
         keep = nth >= np.bincount(sorted_rows, minlength=len(self._count))[sorted_rows] \
             - self.cache_size                                # only the last cache_size survive
-        self._cache[sorted_rows[keep], slot[keep]] = items[order[keep]]
-        self._hash[sorted_rows[keep], slot[keep]] = hashes[order[keep]]
+        stored = sorted_rows[keep], slot[keep], order[keep]
+        self._hash[stored[0], stored[1]] = hashes[stored[2]]
         added = np.bincount(sorted_rows, minlength=len(self._count))
         self._cursor = (self._cursor + added) % self.cache_size
         self._count = np.minimum(self._count + added, self.cache_size)
+        return stored
 
     def _pick_positive(self, rows, hashes, rng):
         slots = np.arange(self.cache_size)
@@ -174,6 +206,9 @@ class DataSequenceLayer(Layer):
         return neg_rows, slot, ok.any(axis=1)
 
     def forward(self, bottom, top):
+        if self.use_kernels:
+            self._forward_kernels(bottom, top)
+            return
         data = to_numpy(bottom[0].data)
         labels_f = to_numpy(bottom[1].data).ravel()
         labels = np.rint(labels_f).astype(np.int64)
@@ -184,8 +219,23 @@ class DataSequenceLayer(Layer):
         hashes = _content_hash(items)
         self._ensure_cache(data)
         rows = self._rows_for(labels)
-        self._add(items, hashes, rows)
+        stored_rows, stored_slots, stored_items = self._add(hashes, rows)
+        self._cache[stored_rows, stored_slots] = items[stored_items]
+        picks = self._draw(labels, rows, hashes, step, rng)
 
+        xp = self.xp
+        top[0].data[...] = bottom[0].data
+        row_labels = np.asarray(self._row_labels, np.int64)
+        out_labels = [labels]
+        for t, (r, s) in zip(top[1:], picks):
+            t.data[...] = xp.asarray(self._cache[r, s].reshape(data.shape))
+            out_labels.append(row_labels[r])
+        if self.output_labels:
+            top[2 + self.k].data[...] = xp.asarray(np.stack(out_labels, axis=1))
+
+    def _draw(self, labels, rows, hashes, step, rng):
+        """The (cache rows, slots) of the positive/other and the negatives."""
+        n = len(labels)
         # draw everything in a fixed order so the stream does not depend on the data
         pos_rows, pos_slot, pos_ok = self._pick_positive(rows, hashes, rng)
         # A label met for the first time with a single image (count 1) has no
@@ -204,20 +254,42 @@ class DataSequenceLayer(Layer):
             second_rows = np.where(want_pos, pos_rows, neg_rows)
             second_slot = np.where(want_pos, pos_slot, neg_slot)
             self._check(labels, want_pos & ~pos_ok, ~want_pos & ~neg_ok)
-            picks = [(second_rows, second_slot)]
-        else:
-            self._check(labels, ~pos_ok, ~np.all([ok for _, _, ok in negatives], axis=0))
-            picks = [(pos_rows, pos_slot)] + [(r, s) for r, s, _ in negatives]
+            return [(second_rows, second_slot)]
+        self._check(labels, ~pos_ok, ~np.all([ok for _, _, ok in negatives], axis=0))
+        return [(pos_rows, pos_slot)] + [(r, s) for r, s, _ in negatives]
 
-        xp = self.xp
-        top[0].data[...] = bottom[0].data
-        row_labels = np.asarray(self._row_labels, np.int64)
-        out_labels = [labels]
-        for t, (r, s) in zip(top[1:], picks):
-            t.data[...] = xp.asarray(self._cache[r, s].reshape(data.shape))
-            out_labels.append(row_labels[r])
+    def _forward_kernels(self, bottom, top):  # kernels/data_sequence.cu
+        xp, data = self.xp, bottom[0].data
+        if data.dtype != np.float32:
+            raise self.error(f"the kernel path needs float32 data, got {data.dtype}")
+        n = data.shape[0]
+        d = data.size // n
+        summary = xp.empty(2 * n, xp.int64)
+        self.launch("data_sequence_hash", n, d, data.view(xp.uint32), bottom[1].data, summary,
+                    grid=n, shared=8 * self.backend.block)
+        summary = to_numpy(summary)  # the step's one device-to-host copy: hashes, labels
+        hashes, labels = summary[:n].view(np.uint64), summary[n:]
+        step = self._rng_step
+        rng = self.rng()
+        self._ensure_cache(data)
+        rows = self._rows_for(labels)
+        stored_rows, stored_slots, stored_items = self._add(hashes, rows)
+        slot_of = np.full(n, -1, np.int64)
+        slot_of[stored_items] = stored_rows * self.cache_size + stored_slots
+        picks = self._draw(labels, rows, hashes, step, rng)
+
+        index = [slot_of] + [r * self.cache_size + s for r, s in picks]
         if self.output_labels:
-            top[2 + self.k].data[...] = xp.asarray(np.stack(out_labels, axis=1))
+            row_labels = np.asarray(self._row_labels, np.int64)
+            index.append(np.stack([labels] + [row_labels[r] for r, _ in picks], axis=1).ravel())
+        index = xp.asarray(np.concatenate(index))  # the step's one host-to-device copy
+        self.launch("data_sequence_insert", n, d, data, index[:n], self._cache, n=n * d)
+        tops = 2 + self.k  # image tops: anchor, positive or other, negatives
+        table = self._top_table([address(t.data) for t in top[:tops]])
+        label_cols = tops if self.output_labels else 0
+        labels_top = top[tops].data if self.output_labels else top[0].data  # unused when 0
+        self.launch("data_sequence_gather", n, d, tops, label_cols, data, self._cache,
+                    index[n:], table, labels_top, n=tops * n * d + n * label_cols)
 
     def _check(self, labels, no_positive, no_negative):
         if no_positive.any():
@@ -244,7 +316,8 @@ class DataSequenceLayer(Layer):
                 "cursor": self._cursor.tolist(),
                 "item_shape": list(self._item_shape),
                 "dtype": self._cache.dtype.str,
-                "data": base64.b64encode(zlib.compress(self._cache.tobytes(), 1)).decode(),
+                "data": base64.b64encode(zlib.compress(to_numpy(self._cache).tobytes(),
+                                                       1)).decode(),
             }
         return state
 
@@ -256,12 +329,15 @@ class DataSequenceLayer(Layer):
             return  # not saved (too large) or cache_size changed: rebuilt from new batches
         rows, d = len(cache["labels"]), int(np.prod(cache["item_shape"]))
         raw = zlib.decompress(base64.b64decode(cache["data"]))
-        self._cache = np.frombuffer(raw, np.dtype(cache["dtype"])).reshape(
-            rows, self.cache_size, d).copy()
+        host = np.frombuffer(raw, np.dtype(cache["dtype"])).reshape(rows, self.cache_size, d)
+        if self.use_kernels:
+            host = host.astype(np.float32)
+        self._cache = self.xp.asarray(host.copy())
         self._row_labels = [int(y) for y in cache["labels"]]
         self._rows = {y: i for i, y in enumerate(self._row_labels)}
         self._count = np.asarray(cache["count"], np.int64)
         self._cursor = np.asarray(cache["cursor"], np.int64)
         self._item_shape = tuple(cache["item_shape"])
-        self._hash = _content_hash(self._cache.reshape(rows * self.cache_size, d)).reshape(
+        hash_rows = _row_hash if self.use_kernels else _content_hash
+        self._hash = hash_rows(host.reshape(rows * self.cache_size, d)).reshape(
             rows, self.cache_size)

@@ -15,6 +15,12 @@ class DropoutLayer(Layer):
     test time.  Shapes: bottom[0] any, top[0] the same.  The mask is drawn
     from :meth:`Layer.rng` on every TRAIN forward (reproducible and
     resumable) and kept for backward, so in-place use is correct.
+
+    Kernel path (kernels/dropout.cu): one 63-bit seed per TRAIN forward from
+    :meth:`Layer.rng`; the mask is ``uniform_hash(seed, i) >= p``
+    (:func:`layergraph.kernels.uniform_hash`), drawn, kept (uint8) and
+    applied in one launch; backward is one launch.  Its masks differ from the
+    NumPy path's (a different generator) but are as reproducible.
     """
 
     exact_bottoms = 1
@@ -27,6 +33,8 @@ class DropoutLayer(Layer):
             raise self.error(f"dropout_ratio must be in [0, 1), got {self.ratio:g}")
         self.scale = 1.0 / (1.0 - self.ratio)
         self._mask = None  # the scaled mask m / (1 - p) of the last TRAIN forward
+        self._keep = None  # kernel path: the uint8 mask m of the last TRAIN forward
+        self.mask_seed = None  # kernel path: the seed of that mask
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -36,6 +44,13 @@ class DropoutLayer(Layer):
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         x = bottom[0].data
+        if self.use_kernels and self.phase == pb.TRAIN:  # kernels/dropout.cu
+            self.mask_seed = int(self.rng().integers(2**63))
+            if self._keep is None or self._keep.shape != x.shape:
+                self._keep = self.xp.empty(x.shape, self.xp.uint8)
+            self.launch("dropout_forward", x.size, x, top[0].data, self._keep, self.mask_seed,
+                        self.ratio, self.scale, n=x.size)
+            return
         if self.phase != pb.TRAIN:
             self._mask = None
             if top[0] is not bottom[0]:
@@ -52,5 +67,10 @@ class DropoutLayer(Layer):
         if self.phase != pb.TRAIN:
             if top[0] is not bottom[0]:
                 bottom[0].diff[...] = top[0].diff
+            return
+        if self.use_kernels:
+            dx = bottom[0].diff
+            self.launch("dropout_backward", dx.size, top[0].diff, self._keep, dx, self.scale,
+                        n=dx.size)
             return
         bottom[0].diff[...] = top[0].diff * self._mask

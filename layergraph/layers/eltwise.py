@@ -9,11 +9,16 @@
 
 MAX ties follow Caffe: bottom 1 wins a tie with bottom 0; a later bottom must
 be strictly greater to win.  In-place use (top is one of the bottoms) works.
+
+Kernel path (kernels/eltwise.cu): one launch per pass for every operation and
+any number of bottoms (their addresses travel in one small table); MAX keeps
+an int32 argmax.
 """
 import numpy as np
 
 from ..layer import Layer, register_layer
 from ..proto import pb
+from ._pointer_table import PointerTable, address
 
 _E = pb.EltwiseParameter
 
@@ -36,6 +41,11 @@ class Eltwise(Layer):
         self.stable_prod_grad = bool(p.stable_prod_grad)
         self.in_place = [b is top[0] for b in bottom]
         self._saved = None
+        self._argmax = None
+        if self.use_kernels:
+            self._coeff = self.xp.asarray(np.asarray(self.coeff, np.float32))
+            self._forward_table = PointerTable(self.xp)
+            self._backward_table = PointerTable(self.xp)
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -48,6 +58,9 @@ class Eltwise(Layer):
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
+        if self.use_kernels:
+            self._forward_kernels(bottom, top)
+            return
         xp = self.xp
         xs = [b.data for b in bottom]
         if self.operation == _E.PROD:
@@ -64,6 +77,46 @@ class Eltwise(Layer):
             result, self._argmax = self._max(xs)
         top[0].data[...] = result
 
+    def _forward_kernels(self, bottom, top):  # kernels/eltwise.cu
+        xp, y = self.xp, top[0].data
+        data = [address(b.data) for b in bottom]
+        if self.operation == _E.PROD:
+            if self._saved is None or any(s is not None and s.shape != y.shape
+                                          for s in self._saved):
+                self._saved = [xp.empty_like(y) if aliased else None
+                               for aliased in self.in_place]
+            table = self._forward_table(data + [address(s) for s in self._saved])
+            self.launch("eltwise_prod_forward", y.size, len(bottom), table, y, n=y.size)
+        elif self.operation == _E.SUM:
+            table = self._forward_table(data)
+            self.launch("eltwise_sum_forward", y.size, len(bottom), table, self._coeff, y,
+                        n=y.size)
+        else:
+            if self._argmax is None or self._argmax.shape != y.shape:
+                self._argmax = xp.empty(y.shape, xp.int32)
+            table = self._forward_table(data)
+            self.launch("eltwise_max_forward", y.size, len(bottom), table, y, self._argmax,
+                        n=y.size)
+
+    def _backward_kernels(self, top, propagate_down, bottom):
+        if not any(propagate_down):
+            return
+        dy = top[0].diff
+        diffs = [address(b.diff) if propagate_down[j] else 0 for j, b in enumerate(bottom)]
+        if self.operation == _E.PROD:
+            data = [address(self._bottom_data(bottom, j)) for j in range(len(bottom))]
+            table = self._backward_table(data + diffs)
+            self.launch("eltwise_prod_backward", dy.size, len(bottom), table, top[0].data, dy,
+                        int(self.stable_prod_grad), n=dy.size)
+        elif self.operation == _E.SUM:
+            table = self._backward_table([0] * len(bottom) + diffs)
+            self.launch("eltwise_sum_backward", dy.size, len(bottom), table, self._coeff, dy,
+                        n=dy.size)
+        else:
+            table = self._backward_table([0] * len(bottom) + diffs)
+            self.launch("eltwise_max_backward", dy.size, len(bottom), table, self._argmax, dy,
+                        n=dy.size)
+
     def _max(self, xs):
         xp = self.xp
         idx_type = np.int8 if len(xs) <= 127 else np.int32
@@ -78,6 +131,9 @@ class Eltwise(Layer):
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
+        if self.use_kernels:
+            self._backward_kernels(top, propagate_down, bottom)
+            return
         dy = top[0].diff
         # The bottom sharing its blob with the top goes last: its diff is dy.
         for j in sorted(range(len(bottom)), key=lambda k: self.in_place[k]):

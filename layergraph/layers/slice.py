@@ -6,8 +6,12 @@ top t gets bottom[p_t : p_{t+1}] along the axis (p_0 = 0, p_T = the axis
 size).  Without slice points the axis is split into T equal parts (it must
 be divisible by T).  Backward writes each top diff into its slice of the
 bottom diff.
+
+Kernel path (kernels/slice.cu): one launch per pass copies every piece (the
+bounds and the tops' addresses travel in one small table).
 """
 from ..layer import Layer, register_layer
+from ._pointer_table import PointerTable, address
 from ._shared import canonical_axis
 
 
@@ -30,6 +34,8 @@ class Slice(Layer):
             raise self.error(
                 f"{len(self.slice_points)} slice_point(s) given for {len(top)} tops; "
                 f"need exactly {len(top) - 1}")
+        self._data_table = PointerTable(self.xp)   # kernel path: bounds + top data
+        self._diff_table = PointerTable(self.xp)   # kernel path: bounds + top diffs
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -67,6 +73,11 @@ class Slice(Layer):
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         x = bottom[0].data
+        if self.use_kernels:  # kernels/slice.cu
+            table = self._data_table(self.bounds + [address(t.data) for t in top])
+            self.launch("slice_forward", x.size, x.shape[self.axis],
+                        bottom[0].count_range(self.axis + 1), len(top), table, x, n=x.size)
+            return
         for t, index in zip(top, self._slices()):
             t.data[...] = x[index]
 
@@ -75,5 +86,10 @@ class Slice(Layer):
         if not propagate_down[0]:
             return
         dx = bottom[0].diff
+        if self.use_kernels:
+            table = self._diff_table(self.bounds + [address(t.diff) for t in top])
+            self.launch("slice_backward", dx.size, dx.shape[self.axis],
+                        bottom[0].count_range(self.axis + 1), len(top), table, dx, n=dx.size)
+            return
         for t, index in zip(top, self._slices()):
             dx[index] = t.diff

@@ -6,8 +6,11 @@ used by more than one layer).
 The tops' data *is* the bottom's data array (no copy, as Caffe's ShareData),
 so a consumer must not modify a split top in place -- that would change what
 the other consumers see.  Each top keeps its own diff.
+
+Kernel path (kernels/split.cu): backward is one launch summing every top diff.
 """
 from ..layer import Layer, register_layer
+from ._pointer_table import PointerTable, address
 from ._shared import alias_data
 
 
@@ -20,6 +23,7 @@ class Split(Layer):
     def setup(self, bottom, top):
         if any(t is bottom[0] for t in top):
             raise self.error("in-place computation is not supported")
+        self._diff_table = PointerTable(self.xp)  # kernel path: the top diffs
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -36,6 +40,10 @@ class Split(Layer):
         if not propagate_down[0]:
             return
         xp, dx = self.xp, bottom[0].diff
+        if self.use_kernels:  # kernels/split.cu
+            table = self._diff_table([address(t.diff) for t in top])
+            self.launch("split_backward", dx.size, len(top), table, dx, n=dx.size)
+            return
         if len(top) == 1:
             xp.copyto(dx, top[0].diff)
             return
