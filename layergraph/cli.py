@@ -383,7 +383,7 @@ def build_parser():
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_plot)
 
-    for module in ("cli_data", "tools.cli_tools"):
+    for module in ("cli_data", "tools.cli_tools", "tools.cli_upgrade"):
         try:
             mod = __import__(f"layergraph.{module}", fromlist=["add_commands"])
         except ImportError:
