@@ -316,7 +316,9 @@ class _Parser(argparse.ArgumentParser):
     stderr and exit status 2 (argparse prints the whole usage otherwise)."""
 
     def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        command = self.prog[len("layergraph"):].strip()
+        where = f"{command}: " if command else ""
+        sys.stderr.write(f"layergraph: error: {where}{message} (see '{self.prog} --help')\n")
         sys.exit(2)
 
 

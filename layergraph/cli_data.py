@@ -12,6 +12,7 @@ process, so Data layers of a net trained afterwards read the same database.
 """
 import argparse
 import os
+import sys
 import time
 
 from .errors import DataError
@@ -19,10 +20,11 @@ from . import imagedb
 
 
 def _size(text):
+    """HEIGHTxWIDTH -> (h, w).  Only the form is checked here; the range (at least
+    1, at most imagedb's MAX_SIDE) is checked by import_images, whose one-line
+    error names the limit."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid size {text!r}; expected HEIGHTxWIDTH, "
                                          "e.g. 28x28") from None
@@ -153,22 +155,29 @@ def cmd_list(args):
     _apply_db(args)
     root = imagedb.db_root()
     names = imagedb.list_datasets()
-    if not names:
-        print(f"no datasets in {root} (create one with 'layergraph data mnist')")
-        return 0
-    print(f"datasets in {root}:")
-    rows = [("NAME", "SHAPE", "TRAINING", "TESTING", "LABELS")]
+    rows, damaged = [("NAME", "SHAPE", "TRAINING", "TESTING", "LABELS")], []
     for name in names:
-        info = imagedb.dataset_info(name)
+        try:  # one damaged catalog must not hide the healthy datasets
+            info = imagedb.dataset_info(name)
+        except DataError as e:
+            damaged.append((name, e))
+            continue
         src = info["sources"]
         labels = set(src["training"]["label_counts"]) | set(src["testing"]["label_counts"])
         rows.append((name, f"{info['channels']}x{info['height']}x{info['width']}",
                      f"{src['training']['count']:,}", f"{src['testing']['count']:,}",
                      str(len(labels))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                               for i, (v, w) in enumerate(zip(r, widths))))
+    if len(rows) == 1:
+        print(f"no datasets in {root} (create one with 'layergraph data mnist')")
+    else:
+        print(f"datasets in {root}:")
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                   for i, (v, w) in enumerate(zip(r, widths))))
+    for name, error in damaged:
+        print(f"layergraph: warning: dataset '{name}' skipped: {error} (or remove it with "
+              f"'layergraph data delete {name}')", file=sys.stderr)
     return 0
 
 

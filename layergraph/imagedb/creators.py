@@ -13,7 +13,8 @@ import zlib
 import numpy as np
 
 from ..errors import DataError
-from .store import (SPLITS, DatasetWriter, check_name, dataset_info, db_root, open_source)
+from .store import (SPLITS, DatasetWriter, available_memory, check_name, check_space,
+                    dataset_info, db_root, format_bytes, open_source, record_bytes)
 
 # IDX magic numbers: 0x00000803 (ubyte, 3 dims) and 0x00000801 (ubyte, 1 dim)
 IDX_IMAGES_MAGIC = 2051
@@ -41,7 +42,34 @@ MNIST_MIRRORS = (
 )
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_sample")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-_CHUNK = 8192
+_CHUNK = 8192             # images per write transaction at most ...
+_CHUNK_BYTES = 64 << 20   # ... and about this many pixel bytes (a few large images)
+# Largest image side of a dataset.  One 4096x4096 RGB record is 48 MiB and its
+# mean image (float64 while summed) 400 MiB; a Datum must stay far below
+# protobuf's 2 GiB message limit, and the nets of this engine work on small
+# images.  Anything bigger is almost certainly a typo (100000x100000 would be
+# 28 GiB per image).
+MAX_SIDE = 4096
+
+
+def _chunk_len(image_bytes):
+    """Images per write chunk: at most _CHUNK, and about _CHUNK_BYTES of pixels."""
+    return max(1, min(_CHUNK, _CHUNK_BYTES // max(1, image_bytes)))
+
+
+def _check_budget(what, count, shape, root):
+    """Refuse before writing anything when a dataset of ``count`` images of
+    ``shape`` (C, H, W) cannot fit: on the disk of the database ``root``, or in
+    memory (a write chunk in a few copies plus the float64 mean)."""
+    c, h, w = shape
+    image_bytes = c * h * w
+    disk = count * record_bytes(image_bytes) + 4 * image_bytes + (1 << 16)
+    check_space(db_root(root), disk, f"{what} ({count:,} images of {c}x{h}x{w})")
+    memory = 4 * _chunk_len(image_bytes) * image_bytes + 16 * image_bytes
+    available = available_memory()
+    if available is not None and memory > available:
+        raise DataError(f"{what}: images of {c}x{h}x{w} need about {format_bytes(memory)} of "
+                        f"memory to write but only {format_bytes(available)} are available")
 
 
 # --------------------------------------------------------------- IDX files --
@@ -191,14 +219,15 @@ def create_mnist(source_dir=None, name="MNIST", root=None, overwrite=False, down
             origin = (f"MNIST sample shipped with layergraph (10,000 real MNIST digits; "
                       f"download not possible: {reason})")
     data = read_idx_dataset(source_dir)
+    _check_budget(f"dataset '{name}'", sum(len(data[sp][0]) for sp in SPLITS),
+                  data["training"][0].shape[1:], root)
     with DatasetWriter(name, root, overwrite) as writer:
         for split in SPLITS:
             images, labels = data[split]
             for start in range(0, len(images), _CHUNK):
                 writer.add(split, images[start:start + _CHUNK], labels[start:start + _CHUNK])
         writer.meta["origin"] = origin
-    info = dataset_info(name, root)
-    return info
+    return writer.info  # as written (a concurrent overwrite may already replace it)
 
 
 # -------------------------------------------------------------------- copy --
@@ -215,7 +244,7 @@ def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, r
         raise DataError(f"copy: the output dataset must differ from the source '{source}'")
     if max_per_label is not None and max_per_label < 1:
         raise DataError(f"copy: --max-per-label must be at least 1, got {max_per_label}")
-    selected = {}
+    selected = {}  # split -> (positions kept, their labels); pixels are read per chunk
     for split_no, split in enumerate(SPLITS):
         src = open_source(f"{source}.{split}", "IMAGEDB", root)
         try:
@@ -228,20 +257,29 @@ def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, r
                     members = rng.choice(members, max_per_label, replace=False)
                 keep.append(members)
             keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-            selected[split] = src.read(keep)
+            selected[split] = (keep, labels[keep])
+            shape = src.shape
         finally:
             src.close()
     mapping = None
     if auto_label:
         found = np.unique(np.concatenate([selected[s][1] for s in SPLITS]))
         mapping = {int(old): new for new, old in enumerate(found.tolist())}
+    _check_budget(f"dataset '{output}'", sum(len(selected[sp][0]) for sp in SPLITS), shape,
+                  root)
+    step = _chunk_len(int(np.prod(shape)))
     with DatasetWriter(output, root, overwrite) as writer:
         for split in SPLITS:
-            images, labels = selected[split]
-            if mapping is not None:
-                labels = np.array([mapping[int(v)] for v in labels], np.int64)
-            for start in range(0, len(images), _CHUNK):
-                writer.add(split, images[start:start + _CHUNK], labels[start:start + _CHUNK])
+            keep, _ = selected[split]
+            src = open_source(f"{source}.{split}", "IMAGEDB", root)
+            try:
+                for start in range(0, len(keep), step):
+                    images, labels = src.read(keep[start:start + step])
+                    if mapping is not None:
+                        labels = np.array([mapping[int(v)] for v in labels], np.int64)
+                    writer.add(split, images, labels)
+            finally:
+                src.close()
         names = src_info.get("label_names")
         if mapping is not None:
             writer.label_names = {new: (names or {}).get(str(old), str(old))
@@ -251,7 +289,7 @@ def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, r
         cap = f", at most {max_per_label} per label (seed {seed})" if max_per_label else ""
         writer.meta["origin"] = (f"copy of '{source}'{cap}"
                                  + (", labels renumbered 0..L-1" if auto_label else ""))
-    return dataset_info(output, root)
+    return writer.info
 
 
 # ------------------------------------------------------------------ images --
@@ -287,8 +325,8 @@ def import_images(directory, name, size=None, channels=1, test_fraction=0.2, see
         raise DataError(f"images: --channels must be 1 or 3, got {channels}")
     if not 0 <= test_fraction < 1:
         raise DataError(f"images: the test fraction must be in [0, 1), got {test_fraction}")
-    if size is not None and (len(size) != 2 or min(size) < 1):
-        raise DataError(f"images: invalid size {size}; expected (height, width)")
+    if size is not None:
+        _check_size(size)
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no such directory")
     folders = sorted(d for d in os.listdir(directory)
@@ -309,29 +347,70 @@ def import_images(directory, name, size=None, channels=1, test_fraction=0.2, see
             raise DataError(f"{path}: no PNG/JPEG images in this label folder")
         files[folder] = [os.path.join(path, f) for f in found]
     if size is None:
-        first = _load_image(files[folders[0]][0], None, channels)
-        size = first.shape[1:]
+        first = files[folders[0]][0]
+        size = _image_size(first)
+        if max(size) > MAX_SIDE:
+            raise DataError(f"{first}: the first image is {size[0]}x{size[1]}, but dataset "
+                            f"images are at most {MAX_SIDE}x{MAX_SIDE}; give --size "
+                            "HEIGHTxWIDTH to resize")
+    size = tuple(int(v) for v in size)
+    # the split and the order are drawn before any pixel is read, then images
+    # are decoded and written chunk by chunk: memory stays at one chunk
     rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF]))
     parts = {s: ([], []) for s in SPLITS}
     for folder in folders:
-        images = np.stack([_load_image(p, size, channels) for p in files[folder]])
-        n = len(images)
+        paths = np.array(files[folder], dtype=object)
+        n = len(paths)
         n_test = min(int(round(n * test_fraction)), n - 1)
         order = rng.permutation(n)
         for split, idx in (("testing", np.sort(order[:n_test])),
                            ("training", np.sort(order[n_test:]))):
-            parts[split][0].append(images[idx])
-            parts[split][1].append(np.full(len(idx), labels[folder], np.int64))
+            parts[split][0].extend(paths[idx].tolist())
+            parts[split][1].extend([labels[folder]] * len(idx))
+    shape = (channels,) + size
+    _check_budget(f"dataset '{name}'", sum(len(parts[sp][0]) for sp in SPLITS), shape, root)
+    step = _chunk_len(int(np.prod(shape)))
     with DatasetWriter(name, root, overwrite) as writer:
         for split in SPLITS:
-            images = np.concatenate(parts[split][0])
-            lab = np.concatenate(parts[split][1])
-            shuffle = rng.permutation(len(images))
-            writer.add(split, images[shuffle], lab[shuffle])
+            paths, lab = parts[split]
+            shuffle = rng.permutation(len(paths))
+            if not len(paths):
+                writer.add(split, np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
+            for start in range(0, len(paths), step):
+                chunk = shuffle[start:start + step]
+                writer.add(split, np.stack([_load_image(paths[i], size, channels)
+                                            for i in chunk]),
+                           np.asarray([lab[i] for i in chunk], np.int64))
         writer.label_names = {v: k for k, v in labels.items()}
         writer.meta["origin"] = (f"images in {os.path.abspath(directory)} "
                                  f"(test fraction {test_fraction}, seed {seed})")
-    return dataset_info(name, root)
+    return writer.info
+
+
+def _check_size(size):
+    """An image size (height, width): positive and at most MAX_SIDE a side."""
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise DataError(f"images: invalid size {size!r}; expected (height, width)") from None
+    if h < 1 or w < 1:
+        raise DataError(f"images: invalid size {h}x{w}; height and width must be at least 1")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise DataError(f"images: size {h}x{w} is too large; at most {MAX_SIDE}x{MAX_SIDE} "
+                        "(each image is stored whole in one LMDB record and read whole into "
+                        "memory)")
+
+
+def _image_size(path):
+    """(height, width) of an image file, from its header (no pixels decoded)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as e:  # Pillow raises many types for bad data
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())})") from None
+    return h, w
 
 
 # -------------------------------------------------------------------- show --

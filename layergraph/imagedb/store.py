@@ -20,18 +20,30 @@ Creating a dataset is all-or-nothing: :class:`DatasetWriter` writes into a
 hidden temporary folder and renames it into place only when everything has been
 written; a failure or Ctrl-C removes the temporary folder, and a hard kill
 leaves only a hidden ``.tmp-*`` folder that no listing shows and the next
-creation removes.
+creation removes.  A full disk is reported as such, naming the dataset's path.
+Replacing a dataset (overwrite) happens under an flock of the root folder and,
+on Linux, as one atomic exchange of the two folders, so concurrent creators all
+succeed (the last one wins) and a reader never finds the name missing.
+
+Before LMDB maps a data file, its two meta pages are read and the file size is
+checked against the last page they record: a truncated or empty file is a
+one-line DataError instead of a SIGBUS.  A record that does not parse as a
+Datum names its source and key.
 
 A source is opened with :func:`open_source`: a dataset source name (backend
 IMAGEDB) or the path of an LMDB folder written by BVLC Caffe's convert tools
 (backend LMDB: arbitrary keys, raw or PNG/JPEG-encoded Datums).  LevelDB is not
 supported (convert it to LMDB).
 """
+import contextlib
+import errno
 import io
 import json
 import os
 import re
 import shutil
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -39,8 +51,15 @@ import uuid
 import lmdb
 import numpy as np
 
+from google.protobuf.message import DecodeError
+
 from ..errors import DataError, DatasetNotFoundError
 from ..proto import pb
+
+try:  # POSIX: the replace step of a dataset is serialized with flock on the root
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the retry loop alone
+    fcntl = None
 
 ENV_VAR = "LAYERGRAPH_DB"
 DEFAULT_ROOT = os.path.join("~", ".layergraph", "imagedb")
@@ -73,12 +92,26 @@ def _catalog_path(root, name):
     return os.path.join(root, name, CATALOG)
 
 
+def _check_root(root):
+    """A root that exists must be a readable folder (``--db`` naming a file is a
+    mistake, not an empty database)."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DataError(f"image database {root} is not a folder (--db / ${ENV_VAR} must name "
+                        "a folder; it is created when missing)")
+
+
 def list_datasets(root=None):
-    """Sorted names of the complete datasets under the root."""
+    """Sorted names of the complete datasets under the root (a dataset whose
+    catalog is corrupt is listed too; :func:`dataset_info` says what is wrong)."""
     root = db_root(root)
+    _check_root(root)
     if not os.path.isdir(root):
         return []
-    return sorted(n for n in os.listdir(root)
+    try:
+        entries = os.listdir(root)
+    except OSError as e:
+        raise DataError(f"image database {root}: cannot list ({e.strerror or e})") from None
+    return sorted(n for n in entries
                   if not n.startswith(".") and os.path.isfile(_catalog_path(root, n)))
 
 
@@ -99,9 +132,40 @@ def dataset_info(name, root=None):
         with open(path, encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable dataset catalog ({e})") from None
+        raise DataError(f"{path}: unreadable dataset catalog "
+                        f"({getattr(e, 'strerror', None) or e})") from None
+    _check_catalog(info, path)
     info["path"] = os.path.dirname(path)
     return info
+
+
+def _check_catalog(info, path):
+    """The fields every reader relies on, so that a damaged catalog is one clear
+    error here instead of a KeyError somewhere else."""
+    def bad(what):
+        return DataError(f"{path}: corrupt dataset catalog ({what}); recreate the dataset")
+
+    if not isinstance(info, dict):
+        raise bad(f"a JSON object expected, found {type(info).__name__}")
+    if not isinstance(info.get("name"), str):
+        raise bad("'name' is missing")
+    for key in ("channels", "height", "width"):
+        value = info.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(f"'{key}' is {value!r}, not a positive integer")
+    sources = info.get("sources")
+    if not isinstance(sources, dict):
+        raise bad("'sources' is missing")
+    for split in SPLITS:
+        src = sources.get(split)
+        if not isinstance(src, dict):
+            raise bad(f"'sources.{split}' is missing")
+        if not isinstance(src.get("name"), str) or not isinstance(src.get("count"), int) or \
+                not isinstance(src.get("label_counts"), dict):
+            raise bad(f"'sources.{split}' lacks name, count or label_counts")
+        sub = src.get("path")
+        if not isinstance(sub, str) or sub in ("", ".", "..") or "/" in sub or os.sep in sub:
+            raise bad(f"'sources.{split}.path' is {sub!r}, not a folder name")
 
 
 def dataset_exists(name, root=None):
@@ -136,12 +200,85 @@ def read_mean_file(path):
 
 
 def delete_dataset(name, root=None):
-    """Remove dataset ``name`` (first out of the catalog, then from disk)."""
+    """Remove dataset ``name`` (first out of the catalog, then from disk).  A
+    dataset with a corrupt catalog can be deleted too."""
     root = db_root(root)
-    dataset_info(name, root)  # raises DatasetNotFoundError with the listing
-    trash = os.path.join(root, f".trash-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.rename(os.path.join(root, name), trash)
+    if not dataset_exists(name, root):
+        dataset_info(name, root)  # raises DatasetNotFoundError with the listing
+    trash = _trash_path(root, name)
+    with _root_lock(root):
+        try:
+            os.rename(os.path.join(root, name), trash)
+        except OSError as e:
+            raise DataError(f"cannot delete dataset '{name}' in {root} "
+                            f"({e.strerror or e})") from None
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _trash_path(root, name):
+    return os.path.join(root, f".trash-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_renameat2 = None
+
+
+def _exchange(a, b):
+    """Atomically exchange the paths ``a`` and ``b`` (Linux renameat2 with
+    RENAME_EXCHANGE, through the C library); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                libc = ctypes.CDLL(None, use_errno=True)
+                func = libc.renameat2
+                func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_char_p, ctypes.c_uint]
+                func.restype = ctypes.c_int
+                _renameat2 = func
+            except (OSError, AttributeError):  # an old C library
+                pass
+    if not _renameat2:
+        return False
+    at_fdcwd = -100
+    return _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b),
+                      _RENAME_EXCHANGE) == 0
+
+
+LOCK_TIMEOUT = 60.0  # seconds to wait for another process's replace step
+
+
+@contextlib.contextmanager
+def _root_lock(root, timeout=LOCK_TIMEOUT):
+    """Exclusive lock on the root folder itself (flock on its descriptor: no lock
+    file to leave behind; the kernel releases it when a holder dies).  Held only
+    for the rename steps, so waiting for it is short."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError as e:
+        raise DataError(f"image database {root}: cannot open ({e.strerror or e})") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    break  # a file system without flock: rely on the retry loop
+                if time.monotonic() > deadline:
+                    raise DataError(f"image database {root}: another process has been "
+                                    f"replacing a dataset for over {timeout:.0f} s; try "
+                                    "again") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _pid_alive(pid):
@@ -173,6 +310,96 @@ def encode_datum(image, label):
                     label=int(label)).SerializeToString()
 
 
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def encode_mean(mean):
+    """A float32 (C, H, W) mean as a serialized BlobProto of shape (1, C, H, W).
+    The packed ``data`` field (number 5, wire type 2) is written as raw
+    little-endian floats: the same bytes protobuf writes, without a Python
+    float per pixel (a 4096x4096x3 mean would be 50 million of them)."""
+    proto = pb.BlobProto()
+    proto.shape.dim.extend((1,) + tuple(mean.shape))
+    values = np.ascontiguousarray(mean, "<f4").tobytes()
+    # field order as protobuf writes it: data (5) before shape (7)
+    return b"\x2a" + _varint(len(values)) + values + proto.SerializeToString()
+
+
+def free_bytes(path):
+    """Bytes free for this process on the file system of ``path`` (its nearest
+    existing folder); None where unknown."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs
+        return None
+    blocks = st.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else st.f_bavail
+    return blocks * st.f_frsize
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_bytes(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def check_space(root, nbytes, what):
+    """Refuse up front when the estimated ``nbytes`` of a new dataset exceed the
+    free disk space of the database ``root`` (``what`` names the dataset)."""
+    free = free_bytes(root)
+    if free is not None and nbytes > free:
+        raise DataError(f"{what} needs about {format_bytes(nbytes)} but only "
+                        f"{format_bytes(free)} are free on the file system of {root}")
+
+
+def record_bytes(image_bytes, page=4096):
+    """Estimated bytes one Datum of ``image_bytes`` pixels takes in LMDB: small
+    records share leaf pages, large ones take whole overflow pages."""
+    raw = image_bytes + 64
+    if raw > page // 2:
+        return -(-(raw + 16) // page) * page
+    return raw * 5 // 4
+
+
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _is_no_space(exc, path):
+    """Did a write fail because the disk is full?  py-lmdb raises a plain
+    lmdb.Error carrying strerror text, and LMDB reports a short write as EIO, so
+    a nearly full file system counts too."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return True
+    text = str(exc)
+    if any(os.strerror(code) in text for code in _NO_SPACE):
+        return True
+    free = free_bytes(path)
+    return free is not None and free < (1 << 20) and \
+        (isinstance(exc, lmdb.Error) or getattr(exc, "errno", None) == errno.EIO)
+
+
 class DatasetWriter:
     """Writes a new dataset atomically.
 
@@ -183,7 +410,8 @@ class DatasetWriter:
 
     Nothing is visible under ``<root>/TOY`` until the ``with`` block ends
     without an exception.  ``add`` may be called several times per split
-    (chunks are appended).
+    (chunks are appended).  A write that fails (disk full, I/O error) raises
+    DataError naming the dataset's path, after the temporary folder is gone.
     """
 
     def __init__(self, name, root=None, overwrite=False):
@@ -191,27 +419,50 @@ class DatasetWriter:
         self.root = db_root(root)
         self.overwrite = overwrite
         self.final = os.path.join(self.root, name)
+        _check_root(self.root)
         self._check_free()
-        os.makedirs(self.root, exist_ok=True)
+        self._envs = {}
+        self._done = False
+        self.tmp = None
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise self._write_error(e, f"cannot create the image database folder {self.root}")
         _remove_stale(self.root)
-        self.tmp = os.path.join(self.root, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.tmp)
+        tmp = os.path.join(self.root, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.makedirs(tmp)
+        except OSError as e:
+            raise self._write_error(e)
+        self.tmp = tmp
         self.shape = None
         self.meta = {}
         self.label_names = None
-        self._envs = {}
+        self.info = None  # the catalog (with its path) once committed
         self._written = {s: 0 for s in SPLITS}
         self._bytes = {s: 0 for s in SPLITS}
         self._counts = {s: {} for s in SPLITS}
         self._mean_sum = None
-        self._done = False
 
     def _check_free(self):
         if dataset_exists(self.name, self.root) and not self.overwrite:
             raise DataError(f"dataset '{self.name}' already exists in {self.root}; "
                             "use --overwrite (overwrite=True) to replace it")
-        if os.path.exists(self.final) and not os.path.isfile(_catalog_path(self.root, self.name)):
+        if os.path.lexists(self.final) and \
+                not os.path.isfile(_catalog_path(self.root, self.name)):
             raise DataError(f"{self.final} exists and is not a dataset; remove it first")
+
+    def _write_error(self, exc, what=None):
+        """DataError for a failed write: disk full is said as such, with the path."""
+        if _is_no_space(exc, self.root):
+            return DataError(f"no space left on device writing {self.final} (dataset "
+                             f"'{self.name}' not created; free some space and run the "
+                             "command again)")
+        detail = getattr(exc, "strerror", None) or " ".join(str(exc).split())
+        if isinstance(exc, lmdb.MapFullError):
+            detail = "the LMDB map is full"
+        return DataError(f"{what or 'cannot write ' + self.final} ({detail}); "
+                         f"dataset '{self.name}' not created")
 
     def __enter__(self):
         return self
@@ -257,11 +508,14 @@ class DatasetWriter:
         start = self._written[split]
         if start + len(images) > 10 ** KEY_DIGITS:
             raise DataError(f"dataset '{self.name}': more than {10 ** KEY_DIGITS} images")
-        env = self._env(split, images.nbytes + 64 * len(images))
         items = [(b"%08d" % (start + i), encode_datum(images[i], labels[i]))
                  for i in range(len(images))]
-        with env.begin(write=True) as txn:
-            txn.cursor().putmulti(items, append=True)
+        try:
+            env = self._env(split, images.nbytes + 64 * len(images))
+            with env.begin(write=True) as txn:
+                txn.cursor().putmulti(items, append=True)
+        except (lmdb.Error, OSError) as e:
+            raise self._write_error(e) from None
         self._written[split] += len(images)
         self._bytes[split] += images.nbytes + 64 * len(images)
         values, counts = np.unique(labels, return_counts=True)
@@ -278,53 +532,98 @@ class DatasetWriter:
         try:
             if not self._written["training"]:
                 raise DataError(f"dataset '{self.name}': the training split is empty")
-            for split in SPLITS:  # an empty split still gets its (empty) LMDB
-                self._env(split, 0)
-            mean = (self._mean_sum / self._written["training"]).astype(np.float32)
-            proto = pb.BlobProto()
-            proto.shape.dim.extend((1,) + self.shape)
-            proto.data.extend(mean.ravel().tolist())
-            with open(os.path.join(self.tmp, MEAN_FILE), "wb") as f:
-                f.write(proto.SerializeToString())
-            c, h, w = self.shape
-            catalog = {
-                "format": FORMAT_VERSION,
-                "name": self.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "channels": c, "height": h, "width": w,
-                "color_order": "RGB" if c == 3 else "GRAY" if c == 1 else "NONE",
-                "mean_file": MEAN_FILE,
-                "sources": {
-                    split: {"name": f"{self.name}.{split}", "path": split,
-                            "count": self._written[split],
-                            "label_counts": {str(k): v for k, v in
-                                             sorted(self._counts[split].items())}}
-                    for split in SPLITS},
-            }
-            if self.label_names:
-                catalog["label_names"] = {str(k): str(v) for k, v in
-                                          sorted(self.label_names.items())}
-            catalog.update(self.meta)
-            with open(os.path.join(self.tmp, CATALOG), "w", encoding="utf-8") as f:
-                json.dump(catalog, f, indent=1)
-                f.write("\n")
-            for env in self._envs.values():
-                env.sync(True)
-                env.close()
-            self._envs = {}
-            self._check_free()
-            trash = None
-            if os.path.exists(self.final):
-                trash = os.path.join(self.root,
-                                     f".trash-{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-                os.rename(self.final, trash)
-            os.rename(self.tmp, self.final)
+            try:
+                self._write_files()
+            except (lmdb.Error, OSError) as e:
+                raise self._write_error(e) from None
+            self._replace()
             self._done = True
-            if trash:
-                shutil.rmtree(trash, ignore_errors=True)
         except BaseException:
             self.abort()
             raise
+
+    def _write_files(self):
+        for split in SPLITS:  # an empty split still gets its (empty) LMDB
+            self._env(split, 0)
+        mean = (self._mean_sum / self._written["training"]).astype(np.float32)
+        with open(os.path.join(self.tmp, MEAN_FILE), "wb") as f:
+            f.write(encode_mean(mean))
+        c, h, w = self.shape
+        catalog = {
+            "format": FORMAT_VERSION,
+            "name": self.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "channels": c, "height": h, "width": w,
+            "color_order": "RGB" if c == 3 else "GRAY" if c == 1 else "NONE",
+            "mean_file": MEAN_FILE,
+            "sources": {
+                split: {"name": f"{self.name}.{split}", "path": split,
+                        "count": self._written[split],
+                        "label_counts": {str(k): v for k, v in
+                                         sorted(self._counts[split].items())}}
+                for split in SPLITS},
+        }
+        if self.label_names:
+            catalog["label_names"] = {str(k): str(v) for k, v in
+                                      sorted(self.label_names.items())}
+        catalog.update(self.meta)
+        with open(os.path.join(self.tmp, CATALOG), "w", encoding="utf-8") as f:
+            json.dump(catalog, f, indent=1)
+            f.write("\n")
+        self.info = dict(catalog, path=self.final)
+        for env in self._envs.values():
+            env.sync(True)
+            env.close()
+        self._envs = {}
+
+    def _replace(self, attempts=5):
+        """Move the finished temporary folder into place, under the root lock.
+        An existing dataset (overwrite) is swapped out atomically where the
+        system can (renameat2 RENAME_EXCHANGE: a reader never finds the name
+        missing), else renamed to a trash folder first.  Should another process
+        slip a dataset in between (a file system without flock), the swap is
+        retried.  On failure the previous dataset is put back."""
+        moved, done = [], False
+        try:
+            with _root_lock(self.root):
+                for attempt in range(attempts):
+                    self._check_free()
+                    if os.path.lexists(self.final):
+                        if _exchange(self.tmp, self.final):
+                            done = True  # self.tmp now holds the previous dataset
+                            moved.append(self.tmp)
+                            return
+                        trash = _trash_path(self.root, self.name)
+                        try:
+                            os.rename(self.final, trash)
+                            moved.append(trash)
+                        except FileNotFoundError:  # removed meanwhile: nothing to move
+                            pass
+                        except OSError as e:
+                            raise self._write_error(
+                                e, f"cannot move the previous {self.final} aside") from None
+                    try:
+                        os.rename(self.tmp, self.final)
+                        done = True
+                        return
+                    except OSError as e:
+                        taken = e.errno in (errno.ENOTEMPTY, errno.EEXIST)
+                        if taken and attempt < attempts - 1:
+                            continue
+                        if taken:
+                            raise DataError(
+                                f"cannot replace dataset '{self.name}' at {self.final}: "
+                                "another process keeps writing it; run the command again "
+                                "when it has finished") from None
+                        raise self._write_error(e) from None
+        finally:
+            if not done and moved and not os.path.lexists(self.final):
+                try:  # put the previous dataset back
+                    os.rename(moved.pop(), self.final)
+                except OSError:  # pragma: no cover
+                    pass
+            for path in moved:
+                shutil.rmtree(path, ignore_errors=True)
 
     def abort(self):
         for env in self._envs.values():
@@ -333,7 +632,8 @@ class DatasetWriter:
             except lmdb.Error:  # pragma: no cover
                 pass
         self._envs = {}
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
 
 
@@ -425,8 +725,82 @@ _ENVS = {}
 _ENVS_LOCK = threading.Lock()
 
 
+# LMDB's file header (mdb.c, LMDB 0.9, 64-bit builds): pages 0 and 1 are meta
+# pages.  Each starts with the page header (mp_pgno u64, mp_pad u16, mp_flags
+# u16, mp_lower u16, mp_upper u16: 16 bytes) followed by MDB_meta: mm_magic u32,
+# mm_version u32, mm_address ptr, mm_mapsize size_t, mm_dbs[2] (MDB_db: md_pad
+# u32 -- mm_psize for the free DB --, md_flags u16, md_depth u16, three pgno_t
+# page counts, md_entries size_t, md_root pgno_t: 48 bytes each), mm_last_pg
+# pgno_t, mm_txnid u64.  The live meta is the one with the larger txnid; every
+# page up to its mm_last_pg must lie inside the file, else reading the mapping
+# past the end of the file kills the process with SIGBUS.
+LMDB_MAGIC = 0xBEEFC0DE
+LMDB_DATA_VERSION = 1
+_META = struct.Struct("<QHH4xIIQQI")  # mp_pgno, mp_pad, mp_flags, (mp_lower, mp_upper),
+#                                    # mm_magic, mm_version, mm_address, mm_mapsize, mm_psize
+_META_TAIL = struct.Struct("<QQ")        # mm_last_pg, mm_txnid at offset 136
+_META_TAIL_OFFSET = 16 + 4 + 4 + 8 + 8 + 2 * 48
+P_META = 0x08
+
+
+def lmdb_file_pages(data_file):
+    """Check the header of an LMDB ``data.mdb`` against its size; returns
+    (page size, pages in use).  Raises ValueError with the reason (empty, not
+    LMDB, truncated)."""
+    try:
+        size = os.path.getsize(data_file)
+        with open(data_file, "rb") as f:
+            head = f.read(_META_TAIL_OFFSET + _META_TAIL.size)
+            if size == 0:
+                raise ValueError("is empty (0 bytes)")
+            if len(head) < _META_TAIL_OFFSET + _META_TAIL.size:
+                raise ValueError(f"is too short for an LMDB file ({size} bytes)")
+            pgno, _, flags, magic, _, _, _, psize = _META.unpack_from(head)
+            if magic != LMDB_MAGIC or pgno != 0 or not flags & P_META:
+                raise ValueError("has no valid LMDB header (corrupt, or not an LMDB file)")
+            if psize < 512 or psize > (1 << 16) or psize & (psize - 1):
+                raise ValueError("has no valid LMDB header (corrupt, or not an LMDB file)")
+            f.seek(psize)
+            second = f.read(_META_TAIL_OFFSET + _META_TAIL.size)
+    except OSError as e:
+        raise ValueError(f"cannot be read ({e.strerror or e})") from None
+    if size < 2 * psize:
+        raise ValueError(f"is truncated: {size:,} bytes, shorter than its two {psize}-byte "
+                         "header pages")
+    metas = []
+    for page_no, page in enumerate((head, second)):
+        pgno, _, flags, magic, version, _, _, _ = _META.unpack_from(page)
+        last_pg, txnid = _META_TAIL.unpack_from(page, _META_TAIL_OFFSET)
+        if magic != LMDB_MAGIC or not flags & P_META or pgno != page_no:
+            raise ValueError("has no valid LMDB header (corrupt, or not an LMDB file)")
+        if version != LMDB_DATA_VERSION:
+            raise ValueError(f"has LMDB format version {version}; this LMDB reads version "
+                             f"{LMDB_DATA_VERSION}")
+        metas.append((txnid, last_pg))
+    live = metas[1] if metas[1][0] > metas[0][0] else metas[0]  # mdb_env_pick_meta
+    pages = live[1] + 1
+    if pages < 2 or pages * psize > (1 << 46):
+        raise ValueError(f"has a corrupt LMDB header (last page number {live[1]})")
+    if size < pages * psize:
+        raise ValueError(f"is truncated: {size:,} bytes, but its header records {pages:,} "
+                         f"pages of {psize} bytes ({pages * psize:,} bytes)")
+    return psize, pages
+
+
 def _acquire_env(path, name):
-    st = os.stat(os.path.join(path, "data.mdb"))
+    data_file = os.path.join(path, "data.mdb")
+    try:
+        st = os.stat(data_file)
+    except OSError as e:
+        raise DataError(f"data source '{name}': {data_file} is missing "
+                        f"({e.strerror or e}); the database is damaged") from None
+    if not os.path.isfile(data_file):
+        raise DataError(f"data source '{name}': {data_file} is not a regular file")
+    try:
+        lmdb_file_pages(data_file)
+    except ValueError as e:
+        raise DataError(f"data source '{name}': LMDB file {data_file} {e}; the database is "
+                        "damaged (recreate it)") from None
     key = (st.st_dev, st.st_ino)
     with _ENVS_LOCK:
         entry = _ENVS.get(key)
@@ -466,7 +840,7 @@ class Source:
         self.backend = "IMAGEDB" if catalog is not None else "LMDB"
         self._env_key, self.env = _acquire_env(path, name)
         try:
-            with self.env.begin() as txn:
+            with self._reading(), self.env.begin() as txn:
                 self.keys = list(txn.cursor().iternext(keys=True, values=False))
                 if not self.keys:
                     raise DataError(f"data source '{name}' ({path}) is empty")
@@ -481,26 +855,56 @@ class Source:
         self.color_order = "RGB" if catalog is not None else "BGR"
         self._labels = None
 
-    def _decode(self, raw, key, check=True):
+    @contextlib.contextmanager
+    def _reading(self):
+        """LMDB's own errors (a damaged page, a bad page number) as DataError."""
         try:
-            d = pb.Datum.FromString(raw)
-        except Exception:
-            raise DataError(f"data source '{self.name}': record {key!r} is not a Datum") from None
+            yield
+        except lmdb.Error as e:
+            raise DataError(f"data source '{self.name}': the LMDB file "
+                            f"{os.path.join(self.path, 'data.mdb')} is corrupt "
+                            f"({' '.join(str(e).split())}); the database is damaged "
+                            "(recreate it)") from None
+
+    def _record(self, key):
+        """How a message names record ``key``: its key text and the data file."""
+        key = bytes(key).decode("utf-8", "backslashreplace")
+        return f"record '{key}' of {os.path.join(self.path, 'data.mdb')}"
+
+    def _parse(self, raw, key):
+        """A Datum from stored bytes; a corrupt record names the source and key."""
+        try:
+            return pb.Datum.FromString(raw)
+        except (DecodeError, TypeError, ValueError, RuntimeError):
+            raise DataError(f"data source '{self.name}': {self._record(key)} is corrupt (not a "
+                            "valid Datum); the database is damaged (recreate it)") from None
+
+    def _decode(self, raw, key, check=True):
+        if raw is None:
+            raise DataError(f"data source '{self.name}': {self._record(key)} is missing")
+        d = self._parse(raw, key)
         if d.encoded:
-            img = decode_image(d.data, f"data source '{self.name}' record {key!r}")
+            img = decode_image(d.data, f"data source '{self.name}' {self._record(key)}")
         elif len(d.data):
             n = d.channels * d.height * d.width
-            if len(d.data) != n or n == 0:
-                raise DataError(f"data source '{self.name}': record {key!r} holds {len(d.data)} "
-                                f"bytes for {d.channels}x{d.height}x{d.width}")
+            if len(d.data) != n or n <= 0 or min(d.channels, d.height, d.width) <= 0:
+                raise DataError(f"data source '{self.name}': {self._record(key)} holds "
+                                f"{len(d.data)} bytes for {d.channels}x{d.height}x{d.width} "
+                                "(corrupt)")
             img = np.frombuffer(d.data, np.uint8).reshape(d.channels, d.height, d.width)
         elif len(d.float_data):
+            n = d.channels * d.height * d.width
+            if len(d.float_data) != n or min(d.channels, d.height, d.width) <= 0:
+                raise DataError(f"data source '{self.name}': {self._record(key)} holds "
+                                f"{len(d.float_data)} floats for "
+                                f"{d.channels}x{d.height}x{d.width} (corrupt)")
             img = np.asarray(d.float_data, np.float32).reshape(d.channels, d.height, d.width)
         else:
-            raise DataError(f"data source '{self.name}': record {key!r} has no image data")
+            raise DataError(f"data source '{self.name}': {self._record(key)} has no image data")
         if check and img.shape != self.shape:
-            raise DataError(f"data source '{self.name}': record {key!r} has shape {img.shape}, "
-                            f"expected {self.shape} (all images of a source must be one size)")
+            raise DataError(f"data source '{self.name}': {self._record(key)} has shape "
+                            f"{img.shape}, expected {self.shape} (all images of a source must "
+                            "be one size)")
         return img, d.label
 
     def _assemble(self, records):
@@ -512,8 +916,12 @@ class Source:
         parse = pb.Datum.FromString
         pixels, labels = [], []
         for key, raw in records:
-            d = parse(raw) if fast else None
-            if fast and not d.encoded and len(d.data) == nbytes and d.height == h:
+            try:
+                d = parse(raw) if fast else None
+            except (DecodeError, TypeError, ValueError, RuntimeError):
+                d = self._parse(raw, key)  # raises, naming the source and key
+            if fast and not d.encoded and len(d.data) == nbytes and d.height == h \
+                    and d.width == w:
                 pixels.append(d.data)
                 labels.append(d.label)
             else:
@@ -527,14 +935,14 @@ class Source:
         """Images (n, C, H, W) (a read-only array) and int64 labels of the records
         at ``indices``."""
         keys = self.keys
-        with self.env.begin(buffers=True) as txn:
+        with self._reading(), self.env.begin(buffers=True) as txn:
             get = txn.get
             return self._assemble(
                 (keys[i], get(keys[i])) for i in np.asarray(indices, np.int64).ravel().tolist())
 
     def read_all(self):
         """All images (count, C, H, W) and labels, in key order."""
-        with self.env.begin(buffers=True) as txn:
+        with self._reading(), self.env.begin(buffers=True) as txn:
             out, labels = self._assemble(txn.cursor())
         if self._labels is None:
             self._labels = labels.copy()
@@ -545,9 +953,19 @@ class Source:
         if self._labels is None:
             labels = np.empty(self.count, np.int64)
             parse = pb.Datum.FromString
-            with self.env.begin(buffers=True) as txn:
+            with self._reading(), self.env.begin(buffers=True) as txn:
+                j = -1
                 for j, (key, raw) in enumerate(txn.cursor()):
-                    labels[j] = parse(raw).label
+                    if j >= self.count:
+                        break
+                    try:
+                        labels[j] = parse(raw).label
+                    except (DecodeError, TypeError, ValueError, RuntimeError):
+                        self._parse(raw, key)  # raises, naming the source and key
+                if j + 1 != self.count:
+                    raise DataError(f"data source '{self.name}': the LMDB file "
+                                    f"{os.path.join(self.path, 'data.mdb')} changed while "
+                                    "it was read")
             self._labels = labels
         return self._labels
 
