@@ -50,8 +50,10 @@ setup(
     extras_require={
         # CuPy runs the kernels of kernels/ on an NVIDIA GPU (CUDA 12)
         "gpu": ["cupy-cuda12x>=13"],
+        # HDF5Data / HDF5Output layers (Caffe's HDF5 data files)
+        "hdf5": ["h5py>=3"],
         # NVRTC compiles every kernel in the tests, with no GPU or driver
-        "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12", "h5py>=3"],
     },
     entry_points={"console_scripts": ["layergraph=layergraph.cli:main"]},
     cmdclass={"build_py": BuildPyWithProto},

@@ -54,7 +54,7 @@ def _median_rate(step, images, iterations, rounds, sync):
 # ------------------------------------------------------------- layergraph --
 
 def layergraph_training(template, gpu, iterations, rounds, workdir):
-    from layergraph.tools.evaluate import new_from_template
+    from layergraph.tools.templates import new_from_template
     run = os.path.join(workdir, template)
     new_from_template(template, "MNIST", run)
     backend = get_backend(f"gpu:{gpu}")

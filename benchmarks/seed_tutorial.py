@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from layergraph import Solver  # noqa: E402
 from layergraph.imagedb import store  # noqa: E402
-from layergraph.tools.evaluate import load_split, new_from_template, test_many  # noqa: E402
+from layergraph.evaluation import load_split, test_many  # noqa: E402
+from layergraph.tools.templates import new_from_template  # noqa: E402
 
 
 def pixel_baselines(train_name, dataset):

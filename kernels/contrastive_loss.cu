@@ -13,12 +13,13 @@
 //   dE/db = -dE/da
 #include "common.cuh"
 
-// y = [label_0 == label_1] for (N, 2) labels, else [label_0 != 0].
+// y = [label_0 == label_1] for (N, 2) labels, else [int(label_0) != 0] (Caffe
+// casts the label to an integer: 0.5 is dissimilar).
 static __device__ __forceinline__ bool contrastive_similar(const float* label,
                                                            const long long cols,
                                                            const long long i) {
   const float* row = label + i * cols;
-  return cols == 2 ? row[0] == row[1] : row[0] != 0.f;
+  return cols == 2 ? row[0] == row[1] : truncf(row[0]) != 0.f;
 }
 
 // loss[0] = sum_i l_i / normalizer; coef[i] = the pair's gradient coefficient;

@@ -8,7 +8,8 @@
 //        row-major order (strict >, Caffe's choice on ties)
 //   AVE: y = sum over the window / ((min(hs + kh, H + ph) - hs) * (min(ws + kw, W + pw) - ws))
 //        (padding counts in the divisor, the overhang of a ceil-rounded last
-//        window does not)
+//        window does not); a window that starts past the image (stride >
+//        kernel) sees no input: MAX gives -FLT_MAX and argmax -1, AVE gives 0
 //
 // Backward is a gather: one thread per input pixel sums the gradients of the
 // windows that cover it (MAX: only those whose argmax it is), so no atomics.
@@ -82,7 +83,8 @@ extern "C" __global__ void ave_pool_forward(const long long count, const float* 
     for (int h = hstart; h < hend; ++h) {
       for (int w = wstart; w < wend; ++w) sum += plane[h * width + w];
     }
-    y[index] = sum / pool_size;
+    // a window past the image (stride > kernel) sees no input: 0
+    y[index] = (hstart < hend && wstart < wend) ? sum / pool_size : 0.f;
   }
 }
 

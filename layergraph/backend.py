@@ -176,14 +176,11 @@ def backend_of_solver(param, gpu=None, warn=None):
             return get_backend(f"gpu:{param.device_id}")
         message = f"the solver asks for solver_mode: GPU but {why}; training on the CPU"
         if warn is None:
-            FALLBACK_NOTES.append(message)  # the Solver logs it once its nets are built
+            import sys
+            print(f"layergraph: warning: {message}", file=sys.stderr)
         else:
             warn(message)
     return CPU
-
-
-#: solver_mode: GPU fallbacks not yet reported (see backend_of_solver)
-FALLBACK_NOTES = []
 
 
 def describe_devices():

@@ -140,6 +140,8 @@ def cmd_train(args):
             progress.bar.reset(total=solver.param.max_iter)
             progress.bar.update(solver.iter)
         solver.add_callback(progress)
+        from .guards import CollapseGuard
+        solver.add_callback(CollapseGuard())  # one warning if the embedding collapses
         solver.install_sigint_handler()
         solver.solve()
     finally:

@@ -4,6 +4,8 @@
 it into their blob's dtype/backend.  fan_in = count / shape[0] and fan_out =
 count / shape[1], as in Caffe.
 """
+import math
+
 import numpy as np
 
 from .errors import LayerError
@@ -83,6 +85,24 @@ def _xavier(param, shape, rng):
 def _msra(param, shape, rng):
     std = np.sqrt(2.0 / _n(param, shape))
     return rng.normal(0.0, std, size=shape)
+
+
+@filler("bilinear")
+def _bilinear(param, shape, rng):
+    """Caffe's bilinear filler, for Deconvolution layers that upsample: each
+    kh x kw kernel is the separable bilinear interpolation kernel
+
+        w[y, x] = (1 - |x / f - c|) (1 - |y / f - c|),
+        f = ceil(kw / 2),  c = (2f - 1 - f mod 2) / (2f)
+
+    (square kernels, as Caffe requires)."""
+    if len(shape) < 2 or shape[-1] != shape[-2]:
+        raise LayerError(f"bilinear filler: needs a square kernel (.., k, k), got shape {shape}")
+    k = shape[-1]
+    f = math.ceil(k / 2.0)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    line = 1 - np.abs(np.arange(k) / f - c)
+    return np.broadcast_to(np.outer(line, line), shape).copy()
 
 
 def fill(param, shape, rng):

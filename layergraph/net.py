@@ -2,12 +2,14 @@
 
 Building a net (``Net(model, phase)``) does, in order:
 
+0. upgrade an old file (V0/V1 layers, ``input`` fields) to the current
+   format, as Caffe's UpgradeNetAsNeeded (upgrade.py);
 1. filter the layers by the NetState (phase, level, stages) against each
    layer's include/exclude rules;
 2. in the RUN (deploy) phase, derive the deploy net from a train_val file:
    data layers are gone, so the image blob becomes an Input, label bottoms a
-   layer can do without are dropped and layers that still miss a bottom
-   (losses, accuracies) are left out;
+   layer can do without are dropped, loss layers are left out, and layers
+   that still miss a bottom (accuracies) are left out;
 3. insert Split layers for blobs consumed more than once (so each consumer
    writes its own diff and the Split sums them);
 4. create each layer through the registry, connect bottoms and tops (a top
@@ -21,6 +23,7 @@ The net knows nothing about specific layer types.
 """
 import collections
 import os
+import warnings
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from .errors import NetError, ShapeError, SnapshotError
 from .layer import layer_class
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net
+from .upgrade import upgrade_net
 
 #: layer types that read data from outside the net (left out of RUN nets)
 DATA_LAYER_TYPES = {"Data", "ImageData", "MemoryData", "DummyData", "HDF5Data", "WindowData"}
@@ -73,26 +77,10 @@ def filter_net(net_param, state):
 
 
 def upgrade_legacy_inputs(net_param):
-    """Turn the deprecated ``input``/``input_shape``/``input_dim`` fields into
-    an Input layer (as Caffe's UpgradeNetInput does)."""
-    if not net_param.input:
-        return net_param
-    out = pb.NetParameter()
-    out.CopyFrom(net_param)
-    del out.input[:]
-    del out.input_shape[:]
-    del out.input_dim[:]
-    del out.layer[:]
-    layer = out.layer.add(name="input", type="Input")
-    for i, name in enumerate(net_param.input):
-        layer.top.append(name)
-        shape = layer.input_param.shape.add()
-        if net_param.input_shape:
-            shape.CopyFrom(net_param.input_shape[i])
-        elif net_param.input_dim:
-            shape.dim.extend(net_param.input_dim[4 * i:4 * i + 4])
-    out.layer.extend(net_param.layer)
-    return out
+    """The NetParameter in the current format: V0/V1 layers upgraded and the
+    deprecated ``input``/``input_shape``/``input_dim`` fields turned into an
+    Input layer (Caffe's UpgradeNetAsNeeded; see upgrade.py)."""
+    return upgrade_net(net_param)
 
 
 # --------------------------------------------------------- split layers ----
@@ -169,7 +157,11 @@ def derive_run_net(net_param, input_shape=None):
     for lp in net_param.layer:
         if lp.type in DATA_LAYER_TYPES:
             continue
-        optional = getattr(layer_class(lp.type), "optional_bottoms", ())
+        cls = layer_class(lp.type)
+        if cls.is_loss:
+            dropped.append(lp.name)
+            continue
+        optional = getattr(cls, "optional_bottoms", ())
         keep_bottoms, missing_required = [], []
         for j, name in enumerate(lp.bottom):
             if name in produced:
@@ -227,6 +219,7 @@ class Net:
             param, self.source = model, "<NetParameter>"
         else:
             param, self.source = read_net(model), os.fspath(model)
+        param = upgrade_net(param, self.source)
         if phase not in (pb.TRAIN, pb.TEST, pb.RUN):
             raise NetError(f"phase must be TRAIN ({pb.TRAIN}), TEST ({pb.TEST}) or RUN "
                            f"({pb.RUN}), got {phase!r}")
@@ -246,7 +239,6 @@ class Net:
             if not stages:
                 state.stage.extend(param.state.stage)
         self.state = state
-        param = upgrade_legacy_inputs(param)
         param_had_layers = bool(param.layer)
         param = filter_net(param, state)
         if phase == pb.RUN:
@@ -254,9 +246,13 @@ class Net:
         if not param.layer:
             raise NetError(f"{self.source}: the net has no layers"
                            + (f" in phase {pb.Phase.Name(phase)}" if param_had_layers else ""))
+        #: the layers as the user wrote them (after filtering), without Split
+        #: layers: what to_proto() writes
+        self.user_param = param
         param = insert_splits(param)
         self.param = param
         self._build(param)
+        self._user_layer_params = self._match_user_layers()
         # the execution plan: weight-shared branches run as one batch (plan.py)
         from .plan import build_schedule, find_chains
         self.chains = find_chains(self) if batch_branches else []
@@ -265,6 +261,21 @@ class Net:
             self.copy_from(weights)
 
     # ------------------------------------------------------------ build --
+    def _match_user_layers(self):
+        """Per built layer, the user's LayerParameter it came from (its own
+        bottoms, not split blob names), or None for a Split layer that
+        insert_splits added.  Both lists keep the user's order, the inserted
+        splits sitting right after their producers."""
+        user = list(self.user_param.layer)
+        out, k = [], 0
+        for name, layer in zip(self.layer_names, self.layers):
+            if k < len(user) and user[k].name == name and user[k].type == layer.type:
+                out.append(user[k])
+                k += 1
+            else:
+                out.append(None)
+        return out
+
     def _build(self, param):
         self.layers = []
         self.layer_names = []
@@ -286,7 +297,10 @@ class Net:
             if not lp.name:
                 raise NetError(f"{self.source}: a layer of type '{lp.type}' has no name")
             if lp.name in self.layer_names:
-                raise NetError(f"{self.source}: two layers are named '{lp.name}'")
+                # Caffe accepts it (BVLC's MNIST autoencoder has two 'loss'
+                # layers); lookups by name then find the first one
+                warnings.warn(f"{self.source}: two layers are named '{lp.name}'; lookups "
+                              f"and weight copies by name use the first", stacklevel=3)
             cls = layer_class(lp.type)
             layer = cls(lp, phase=self.phase, seed=self.seed, dtype=self.dtype,
                         backend=self.backend)
@@ -361,7 +375,9 @@ class Net:
         self.params = collections.OrderedDict(
             (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers)
             if layer.blobs)
-        self._layer_index = {n: i for i, n in enumerate(self.layer_names)}
+        self._layer_index = {}
+        for i, name in enumerate(self.layer_names):
+            self._layer_index.setdefault(name, i)   # the first of duplicate names
 
     def _append_params(self, layer, lp):
         """Register the layer's parameter blobs; share them by ParamSpec name.
@@ -547,34 +563,39 @@ class Net:
                                 f"{len(protos)}")
         from .blob import proto_shape
         for k, (blob, proto) in enumerate(zip(layer.blobs, protos)):
-            shape = proto_shape(proto)
-            if tuple(shape) != blob.shape:
-                # accept Caffe's legacy 4-D form when only the padding differs
-                squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
-                if squeeze(shape) != squeeze(blob.shape):
-                    raise SnapshotError(
-                        f"{where}: layer '{layer.name}' parameter {k} has shape "
-                        f"{blob.shape} in the net but {tuple(shape)} in the weights file")
+            shape = tuple(proto_shape(proto))
+            # Caffe's Blob::ShapeEquals: a legacy 4-D num/channels/height/width
+            # (V1 files) matches the net's shape padded with leading 1s
+            legacy = (not proto.HasField("shape") and len(blob.shape) <= 4
+                      and (1,) * (4 - len(blob.shape)) + blob.shape == shape)
+            if shape != blob.shape and not legacy:
+                raise SnapshotError(
+                    f"{where}: layer '{layer.name}' parameter {k} has shape "
+                    f"{blob.shape} in the net but {shape} in the weights file")
             blob.from_proto(proto, reshape=False)
 
     def copy_from(self, weights, allow_missing=False):
         """Copy trained parameters from a .caffemodel (path) or NetParameter,
         matching layers by name; returns the names of the layers copied.
 
-        Layers of the file that the net lacks are ignored (Caffe's rule).  A
-        layer of the net with parameters that the file lacks is an error --
-        a truncated file or the wrong net -- unless ``allow_missing`` (for
-        fine-tuning, where new layers keep their fillers'  values)."""
+        Layers of the file that the net lacks are ignored (Caffe's rule); a
+        name the net holds twice receives the weights in its first layer (as
+        Caffe's CopyTrainedLayersFrom).  A layer of the net with parameters
+        that the file lacks is an error -- a truncated file or the wrong net
+        -- unless ``allow_missing`` (for fine-tuning, where new layers keep
+        their fillers' values).  Old (V0/V1) files are upgraded first."""
         if isinstance(weights, pb.NetParameter):
             param, where = weights, "<NetParameter>"
         else:
             where = os.fspath(weights)
             param = read_binary(where, pb.NetParameter(), "weights file (.caffemodel)")
+        param = upgrade_net(param, where)
         copied = []
         for lp in param.layer:
             if lp.name in self._layer_index and lp.blobs:
                 self._load_layer_blobs(self.layer(lp.name), lp.blobs, where)
-                copied.append(lp.name)
+                if lp.name not in copied:
+                    copied.append(lp.name)
         wanted = [layer.name for layer in self.layers if layer.blobs]
         if not copied and wanted:
             raise SnapshotError(f"{where}: no layer name matches this net; nothing was loaded")
@@ -609,13 +630,15 @@ class Net:
 
     def to_proto(self, write_diff=False):
         """A NetParameter with the layers' definitions and parameter blobs
-        (the .caffemodel content).  Split layers are left out."""
+        (the .caffemodel content): the user's layers with their own bottoms,
+        without the Split layers the net inserted, so the definition is
+        self-consistent (every bottom is some earlier layer's top)."""
         out = pb.NetParameter(name=self.name)
-        for layer in self.layers:
-            if layer.type == "Split":
+        for layer, user_lp in zip(self.layers, self._user_layer_params):
+            if user_lp is None:
                 continue
             lp = out.layer.add()
-            lp.CopyFrom(layer.param)
+            lp.CopyFrom(user_lp)
             del lp.blobs[:]
             for blob in layer.blobs:
                 blob.to_proto(lp.blobs.add(), write_diff=write_diff)

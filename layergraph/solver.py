@@ -45,6 +45,7 @@ from .errors import DivergedError, SnapshotError, SolverError
 from .net import Net
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net, read_solver
+from .refit import refit_for_solver
 
 SOLVER_TYPES = {
     "sgd": "SGD", "nesterov": "Nesterov", "adagrad": "AdaGrad",
@@ -283,6 +284,8 @@ class Solver:
             self.source = os.fspath(solver)
             self.param = read_solver(self.source)
             self.base_dir = os.path.dirname(os.path.abspath(self.source))
+        from .upgrade import upgrade_solver  # old solver files (solver_type enum, V1 nets)
+        self.param = upgrade_solver(self.param, self.source)
         for key, value in (overrides or {}).items():
             if key == "net":
                 for field in ("net_param", "train_net", "train_net_param"):
@@ -596,6 +599,7 @@ class Solver:
         if self.requested_stop:
             self.log(f"Stopped at iteration {self.iter}; snapshot written")
             return
+        refit_for_solver(self, after_training=True)  # Decode refit_centroids only
         p = self.param
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
             self.snapshot()
@@ -619,6 +623,7 @@ class Solver:
 
     # ------------------------------------------------------------- tests --
     def test_all(self):
+        refit_for_solver(self)  # Decode refit_centroids only
         return [self.test(i) for i in range(len(self.test_nets))]
 
     def test(self, test_id=0):
@@ -658,7 +663,8 @@ class Solver:
     def snapshot_prefix(self):
         prefix = self.param.snapshot_prefix
         if not prefix:
-            base = os.path.splitext(os.path.basename(self.source))[0]
+            base = (os.path.splitext(os.path.basename(self.source))[0]
+                    if self.source != "<SolverParameter>" else (self.net.name or "net"))
             prefix = os.path.join(self.base_dir, base)
         elif not os.path.isabs(prefix):
             prefix = os.path.join(self.base_dir, prefix)

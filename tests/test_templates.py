@@ -10,8 +10,9 @@ import pytest
 import layergraph as lg
 from layergraph.cli import main
 from layergraph.imagedb.creators import copy_dataset, create_mnist
-from layergraph.tools.evaluate import inspect, new_from_template
-from layergraph.tools.evaluate import test_many as run_test_many
+from layergraph.evaluation import inspect
+from layergraph.evaluation import test_many as run_test_many
+from layergraph.tools.templates import new_from_template
 
 COMPAT = os.environ.get("LAYERGRAPH_COMPAT", os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "compat")))

@@ -188,6 +188,25 @@ def update_centroids(xp, centroids, counts, x, labels, valid, max_count):
     counts[...] = xp.where(running, xp.minimum(counts + m, max_count), counts)
 
 
+def refit_centroids(xp, centroids, counts, sums, n, max_count):
+    """Replace the running state by a one-pass refit, in place.
+
+    sums (L, D) and n (L,) are the per-label sums and item counts of the
+    embeddings of a whole source under the current weights.  For each label
+    with n_l > 0:
+
+        c_l <- sums_l / n_l,   counts_l <- min(n_l, M)
+
+    so the running rule above continues from the refit as if those n_l items
+    had been averaged (an exact mean below M items, the moving average from
+    M on).  Labels the source lacks keep their centroid and count.
+    """
+    present = n > 0
+    mean = (sums / xp.maximum(n, 1)[:, None]).astype(centroids.dtype)
+    centroids[...] = xp.where(present[:, None], mean, centroids)
+    counts[...] = xp.where(present, xp.minimum(n, max_count), counts)
+
+
 def push_ring(xp, cache, fill, cursor, x, labels, valid):
     """Append the valid items to per-label ring buffers, in batch order.
 

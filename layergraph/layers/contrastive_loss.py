@@ -4,7 +4,8 @@ Bottoms
     a      (N, D)  features of the first item of each pair (any (N, ...) shape;
                    flattened to (N, D))
     b      (N, D)  features of the second item, same shape as ``a``
-    label  (N,) or (N, 1): similarity y (non-zero = same class), or
+    label  (N,) or (N, 1): similarity y = [int(label) != 0] (the label is
+           truncated to an integer as in Caffe, so 0.5 means dissimilar), or
            (N, 2): the two class labels of the pair (MyCaffe's data layer with
            ``output_all_labels``), y = [label_0 == label_1].
            A label bottom: it never receives a gradient.
@@ -104,7 +105,8 @@ class ContrastiveLoss(Layer):
         rows = label.data.reshape(n, -1) if n else label.data.reshape(0, 1)
         if rows.shape[1] == 2:
             return rows[:, 0] == rows[:, 1]
-        return rows[:, 0] != 0
+        # Caffe casts the label to an integer: 0.5 means dissimilar
+        return self.xp.trunc(rows[:, 0]) != 0
 
     def forward(self, bottom, top):
         xp = self.xp

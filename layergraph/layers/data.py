@@ -34,11 +34,32 @@ with MyCaffe's extensions:
   distortion_param / mask_param / label_mapping are accepted while inactive
   (an active distortion whose probabilities are all 0 is a no-op); an
   active one is an error.
+* augmentation (TRAIN only; a no-op costing nothing while the four fields
+  are at their defaults): per image a random affine warp A -- a rotation of
+  U[-max_rotation, max_rotation] degrees and a scaling of U[min_scale,
+  max_scale] about the image centre, then a shift of U{-max_shift..max_shift}
+  whole pixels per axis -- resampled bilinearly with zero outside (math and
+  timing in :mod:`layergraph.layers._augment`).  With it the order is::
+
+      y = scale * (A(mirror(crop(convert(x)))) - mirror(crop(mean)))
+
+  i.e. Caffe's crop -> mirror -> mean -> scale with the warp between mirror
+  and mean: it moves raw pixels, so the fill is black (the background of the
+  test images), and the mean is subtracted at the output pixel.  Without a
+  warp this equals the formula above exactly.  Bad values (max_rotation
+  outside [0, 180], min_scale <= 0, max_scale < min_scale) are layer errors
+  in every phase.
 
 Determinism and resume: batch k is a pure function of (seed, layer name, k)
 and the source, where seed = the net's random seed + data_param.seed.  Its
 random draws come from ``default_rng(SeedSequence([seed, crc32(name), k]))``
-and epoch permutations from ``SeedSequence([seed, crc32(name), EPOCH, e])``.
+and epoch permutations from ``SeedSequence([seed, crc32(name), EPOCH, e])``;
+the augmentation draws of batch k from a stream of their own,
+``SeedSequence([seed, crc32(name), AUGU, k])``, so turning augmentation on
+changes neither the images chosen nor their crops, flips and partners.
+All draws of batch k are made while batch k is made -- by the prefetch thread
+or in forward, on the host before a GPU copy -- from generators keyed on k
+alone, so prefetch timing never changes them.
 The batch counter is in :meth:`state_dict`, so a resumed run gets the same
 next batches.  LOAD_ALL (whole source in memory at set-up) and
 LOAD_ON_DEMAND (records read from LMDB on first use, then cached) give
@@ -64,9 +85,11 @@ from ..errors import DataError, LayergraphError
 from ..imagedb.store import open_source, read_mean_file
 from ..layer import Layer, register_layer
 from ..proto import pb
+from . import _augment
 
 EPOCH_TAG = 0x45504F43   # "EPOC": the stream of epoch permutations
 SKIP_TAG = 0x534B4950    # "SKIP": the rand_skip draw
+AUGMENT_TAG = 0x41554755  # "AUGU": the augmentation draws of each batch
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # R, G, B weights
 
 
@@ -99,6 +122,9 @@ class _Transform:
         cc = 3 if self.to_color else 1 if self.to_gray else c
         self.swap = tp.color_order == pb.TransformationParameter.BGR and cc == 3
         self._check_extensions(layer, tp)
+        fields = _augment.check(layer, tp)
+        self.augment = (_augment.Augment(*fields) if layer.phase == pb.TRAIN
+                        and not _augment.is_identity(*fields) else None)
         if self.crop and (self.crop > h or self.crop > w):
             raise layer.shape_error(f"crop_size {self.crop} exceeds the image size {h}x{w} "
                                     f"of source '{source.name}'")
@@ -161,9 +187,12 @@ class _Transform:
             x = x[:, ::-1]
         return x
 
-    def __call__(self, images, rng, dtype):
-        """Draws (in order): crop offsets (TRAIN, crop_size), mirror flips."""
+    def __call__(self, images, rng, dtype, augment_rng=None):
+        """Draws (in order): crop offsets (TRAIN, crop_size), mirror flips;
+        the augmentation draws come from ``augment_rng``."""
         x = self._convert(images.astype(np.float32))
+        if self.augment is not None:
+            return self._augmented(x, rng, dtype, augment_rng)
         if self.mean is not None:
             x = x - self.mean
         n, _, h, w = x.shape
@@ -172,11 +201,7 @@ class _Transform:
             if self.random_crop:
                 h_off = rng.integers(0, h - cs + 1, size=n)
                 w_off = rng.integers(0, w - cs + 1, size=n)
-                span = np.arange(cs)
-                rows = (h_off[:, None] + span)[:, None, :, None]
-                cols = (w_off[:, None] + span)[:, None, None, :]
-                x = x[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                      rows, cols]
+                x = self._window(x, h_off, w_off)
             else:
                 top, left = (h - cs) // 2, (w - cs) // 2
                 x = x[:, :, top:top + cs, left:left + cs]
@@ -185,6 +210,47 @@ class _Transform:
             x[flip] = x[flip][..., ::-1]
         if self.scale != 1:
             x = x * np.float32(self.scale)
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def _window(self, x, h_off, w_off):
+        """Per-image crop_size windows at (h_off, w_off)."""
+        n, cs = len(h_off), self.crop
+        span = np.arange(cs)
+        rows = (h_off[:, None] + span)[:, None, :, None]
+        cols = (w_off[:, None] + span)[:, None, None, :]
+        return x[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                 rows, cols]
+
+    def _augmented(self, x, rng, dtype, augment_rng):
+        """TRAIN with augmentation: crop -> mirror -> warp -> mean -> scale.
+
+        The same draws as without augmentation (random crop offsets, then
+        flips), so toggling augmentation changes nothing else.  The warp acts
+        on the raw pixel values, so its zero fill is black -- the background
+        the net sees at test time -- and the mean is subtracted afterwards at
+        each output pixel, cropped and flipped with its image (Caffe
+        subtracts it at the source pixel of the crop window, which is the
+        same thing without a warp)."""
+        n, _, h, w = x.shape
+        mean = self.mean
+        per_pixel = mean is not None and mean.shape[1:] != (1, 1)
+        if self.crop:
+            h_off = rng.integers(0, h - self.crop + 1, size=n)
+            w_off = rng.integers(0, w - self.crop + 1, size=n)
+            x = self._window(x, h_off, w_off)
+            if per_pixel:
+                mean = self._window(np.broadcast_to(mean, (n,) + mean.shape), h_off, w_off)
+        if self.mirror:
+            flip = rng.random(n) < 0.5
+            x[flip] = x[flip][..., ::-1]
+            if per_pixel:
+                mean = np.array(np.broadcast_to(mean, x.shape))
+                mean[flip] = mean[flip][..., ::-1]
+        x = self.augment(x, augment_rng)
+        if mean is not None:
+            x -= mean
+        if self.scale != 1:
+            x *= np.float32(self.scale)
         return np.ascontiguousarray(x, dtype=dtype)
 
 
@@ -358,12 +424,14 @@ class _BatchPlan:
         else:
             first = self._stream(k)
         images, labels = self._fetch(first)
-        data = self.transform(images, rng, self.dtype)
+        augment_rng = self._rng(AUGMENT_TAG, k) if self.transform.augment is not None else None
+        data = self.transform(images, rng, self.dtype, augment_rng)
         if not self.pair:
             return data, labels.astype(self.dtype)
         second = self._partners(k, first, rng)
         images2, labels2 = self._fetch(second)
-        data = np.concatenate([data, self.transform(images2, rng, self.dtype)], axis=1)
+        data = np.concatenate([data, self.transform(images2, rng, self.dtype, augment_rng)],
+                              axis=1)
         if self.all_labels:
             return data, np.stack([labels, labels2], axis=1).astype(self.dtype)
         return data, (labels == labels2).astype(self.dtype)
@@ -619,6 +687,11 @@ class DataLayer(Layer):
     def batch_index(self):
         """The number of the next batch forward will output."""
         return self._batch
+
+    @property
+    def source_size(self):
+        """The number of records of the source (one epoch of sequential batches)."""
+        return self._plan.n
 
     def state_dict(self):
         state = super().state_dict()

@@ -43,6 +43,18 @@ shared by layer name with the TEST net; a resumed run continues exactly):
               blobs[2] updates (1,), blobs[3] ring cursor (L,)
 No backward: an evaluation layer (the triplet/contrastive losses train the net).
 
+Refit (``refit_centroids: true``, target CENTROID only)
+    the running average lags the embedding, which moves while it averages.
+    With refit_centroids the Solver, at each test and after training,
+    recomputes the centroids in one pass over a source (``refit_source``,
+    default: the Data layer feeding this layer in the TRAIN net): c_l = the
+    mean of the embeddings of every image of label l under the current
+    weights, counts_l = min(n_l, cache_size * N)
+    (:func:`layergraph.layers._centroids.refit_centroids`; the pass is
+    :func:`layergraph.refit.refit_centroids`).  The TEST net shares these
+    blobs, so it classifies with the refit centroids; TRAIN updates continue
+    from them.
+
 Kernel path (GPU and its emulation): kernels/decode.cu, one launch for the
 distances, one for the TRAIN update (centroids and counts, or the ring
 buffers, and the update counter) and one for the centroids top; the state stays
@@ -81,6 +93,10 @@ class Decode(Layer):
         if self.knn and self.k < 1:
             raise self.error(f"decode_param.k must be >= 1, got {self.k}")
         self.ignore_labels = [int(v) for v in p.ignore_labels]
+        self.refit = bool(p.refit_centroids)
+        if self.refit and self.knn:
+            raise self.error("decode_param.refit_centroids needs target CENTROID (a KNN "
+                             "target caches embeddings, it has no centroids to refit)")
         self.update = bool(p.enable_centroid_update) and self.phase == pb.TRAIN
         if self.update and len(bottom) < 2:
             raise self.error("the TRAIN phase needs the label bottom to update the centroids "
@@ -165,6 +181,13 @@ class Decode(Layer):
         else:
             centroids = self.blobs[0].data
         return xp.where(self._ready()[:, None], centroids, 0)
+
+    def set_refit(self, sums, n, batch_size):
+        """Install refit centroids: per-label sums (L, D) and counts (L,) of
+        the embeddings of a source; ``batch_size`` is this layer's N, which
+        sets the count limit M = cache_size * N (see the module docstring)."""
+        C.refit_centroids(self.xp, self.blobs[0].data, self.blobs[1].data, sums, n,
+                          self.cache_size * batch_size)
 
     def _forward_kernels(self, bottom, top):
         """forward on the kernel path: the same results, every step on the device."""

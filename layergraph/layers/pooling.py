@@ -15,6 +15,12 @@ last window does not.  Output size (round_mode CEIL; FLOOR uses floor):
     Ho = ceil((H + 2*ph - kh) / sh) + 1,   and when any pad > 0:
     Ho -= 1 if (Ho - 1)*sh >= H + ph       (the last window must start inside)
 
+With a stride larger than the kernel (kernel 1, stride 3 on 5x5: Ho = 3),
+the last window can start past the image (hs >= H, or ws >= W) and cover no
+input at all; Caffe keeps it: MAX gives -FLT_MAX (and mask -1), AVE gives 0
+(Caffe divides 0 by its divisor: 0 too, or NaN where the divisor is 0), and
+no gradient flows from it.
+
 global_pooling takes kh, kw = H, W.  Backward: MAX sends dy to the first
 maximum of its window in row-major order (Caffe's choice on ties); AVE spreads
 dy[r, s] / size[r, s] over the window.
@@ -39,6 +45,8 @@ from ..layer import Layer, register_layer
 from ..proto import pb
 
 _P = pb.PoolingParameter
+#: MAX over a window that sees no input (Caffe starts its maximum at -FLT_MAX)
+_NO_INPUT = float(np.finfo(np.float32).min)
 
 
 @register_layer("Pooling")
@@ -102,12 +110,6 @@ class Pooling(Layer):
         if max(self.pad) > 0:  # Caffe: the last window must start inside image + pad
             out = [o - 1 if (o - 1) * s >= size + p else o
                    for o, s, size, p in zip(out, self.stride, (h, w), self.pad)]
-        for o, s, size, p in zip(out, self.stride, (h, w), self.pad):
-            if (o - 1) * s - p >= size:
-                raise self.shape_error(
-                    f"the last pooling window starts outside the input (bottom shape {shape}, "
-                    f"kernel {self.kernel[0]}x{self.kernel[1]}, stride "
-                    f"{self.stride[0]}x{self.stride[1]}, pad {self.pad[0]}x{self.pad[1]})")
         ho, wo = out
         top[0].reshape((n, c, ho, wo))
         if len(top) > 1:
@@ -131,6 +133,11 @@ class Pooling(Layer):
         xp, dt = self.xp, self.dtype
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         self.out_size = (ho, wo)
+        # windows that start past the image (stride > kernel): they see no input
+        empty_h = np.arange(ho) * sh - ph >= h
+        empty_w = np.arange(wo) * sw - pw >= w
+        self._empty = ((xp.asarray(np.flatnonzero(empty_h)), xp.asarray(np.flatnonzero(empty_w)))
+                       if empty_h.any() or empty_w.any() else None)
         if self.use_kernels:  # kernels/pooling.cu reads x directly
             self._window = (h, w, ho, wo, kh, kw, sh, sw, ph, pw)
             self._argmax = (xp.empty((n, c, ho, wo), dtype=np.int32)
@@ -158,7 +165,10 @@ class Pooling(Layer):
         else:
             size_h = np.minimum(np.arange(ho) * sh - ph + kh, h + ph) - (np.arange(ho) * sh - ph)
             size_w = np.minimum(np.arange(wo) * sw - pw + kw, w + pw) - (np.arange(wo) * sw - pw)
-            self._inv_size = xp.asarray(1.0 / np.outer(size_h, size_w), dtype=dt)
+            size = np.outer(size_h, size_w).astype(np.float64)
+            empty = np.logical_or.outer(empty_h, empty_w)
+            inv = np.divide(1.0, size, out=np.zeros_like(size), where=~empty)
+            self._inv_size = xp.asarray(inv, dtype=dt)
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
@@ -185,6 +195,13 @@ class Pooling(Layer):
             self._max_pass(rows, y, self._row_idx)
             if len(top) > 1:
                 self._mask(top[1].data, bottom[0].shape)
+            if self._empty is not None:   # Caffe's value for a window with no input
+                rows_out, cols_out = self._empty
+                y[:, :, rows_out, :] = _NO_INPUT
+                y[:, :, :, cols_out] = _NO_INPUT
+                if len(top) > 1:
+                    top[1].data[:, :, rows_out, :] = -1
+                    top[1].data[:, :, :, cols_out] = -1
         else:
             self._sum_pass(cols, self._rows)
             self._sum_pass(rows, y)

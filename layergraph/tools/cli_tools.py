@@ -1,4 +1,4 @@
-"""CLI commands for templates and evaluation: new, test-many, inspect."""
+"""CLI commands for templates and evaluation: new, test-many, inspect, evaluate."""
 import os
 
 from ..cli import _backend, _set_db, add_device_arguments
@@ -6,7 +6,7 @@ from ..errors import LayergraphError
 
 
 def cmd_new(args):
-    from .evaluate import new_from_template
+    from .templates import new_from_template
     from ..imagedb.store import dataset_exists
     written = new_from_template(args.template, args.dataset, args.out, force=args.force)
     for path in written:
@@ -20,7 +20,7 @@ def cmd_new(args):
 
 
 def cmd_test_many(args):
-    from .evaluate import test_many
+    from ..evaluation.reports import test_many
     _set_db(args)
     if args.count is not None and args.count <= 0:
         raise LayergraphError("--count must be positive")
@@ -32,13 +32,34 @@ def cmd_test_many(args):
 
 
 def cmd_inspect(args):
-    from .evaluate import inspect
+    from ..evaluation.reports import inspect
     _set_db(args)
     if not args.out and not args.projector:
         raise LayergraphError("give --out (t-SNE PNG) and/or --projector DIR")
     inspect(args.model, args.weights, args.layer, args.dataset, out=args.out,
             split=args.split, count=None if args.all else args.count,
             projector=args.projector, seed=args.seed, backend=_backend(args))
+    return 0
+
+
+def cmd_evaluate(args):
+    import json
+    from ..evaluation.reports import evaluate
+    _set_db(args)
+    if args.k < 1:
+        raise LayergraphError("--k must be positive")
+    if args.batch_size < 1:
+        raise LayergraphError("--batch-size must be positive")
+    if args.threshold is not None and not (args.binary or args.export_codes):
+        raise LayergraphError("--threshold needs --binary or --export-codes")
+    report = evaluate(args.model, args.weights, args.dataset, query=args.query,
+                      reference=args.reference, layer=args.layer, k=args.k,
+                      count=args.count, seed=args.seed, batch_size=args.batch_size,
+                      binary=args.binary, threshold=args.threshold,
+                      export_codes=args.export_codes, log=None if args.json else print,
+                      backend=_backend(args))
+    if args.json:
+        print(json.dumps(report, indent=2))
     return 0
 
 
@@ -88,3 +109,33 @@ def add_commands(sub):
     p.add_argument("--db")
     add_device_arguments(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("evaluate", help="retrieval metrics of the embedding: P@1, "
+                                        "R-precision, MAP@R, mAP, k-NN, centroid, NMI")
+    p.add_argument("--model", required=True, help="train_val (or deploy) prototxt")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name (without .training/.testing)")
+    p.add_argument("--query", default="testing", choices=["training", "testing"],
+                   help="the split whose images are the queries (default testing)")
+    p.add_argument("--reference", default="training", choices=["training", "testing"],
+                   help="the split searched (default training); the query split itself: "
+                        "leave-one-out")
+    p.add_argument("--layer", help="embedding blob or layer (default: the Decode layer's "
+                                   "input, else the last output)")
+    p.add_argument("--k", type=int, default=5, help="neighbours for k-NN accuracy (default 5)")
+    p.add_argument("--count", type=int,
+                   help="random images of each split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="for --count and k-means")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--binary", action="store_true",
+                   help="also binarise the embedding: Hamming-ranking mAP and precision "
+                        "within Hamming radius 2")
+    p.add_argument("--threshold", type=float,
+                   help="bit = value > threshold (default: 0.5 if the values lie in [0, 1], "
+                        "else 0)")
+    p.add_argument("--export-codes", metavar="FILE.npz",
+                   help="write the packed binary codes (np.packbits) and labels")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--db")
+    add_device_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
