@@ -21,10 +21,18 @@ def list_templates():
                   if os.path.isfile(os.path.join(TEMPLATE_DIR, d, "train_val.prototxt")))
 
 
-def new_from_template(template, dataset, out, force=False):
+def new_from_template(template, dataset, out, force=False, max_iter=None, log=None):
     """Copy a template into ``out`` with its data sources pointed at
-    ``dataset``; returns the files written."""
-    import re
+    ``dataset``; returns the files written.
+
+    When the dataset exists, every dataset-dependent field is rewritten too:
+    ``label_count`` (DataSequence), ``pregen_label_count`` (Decode), P x K
+    batches that ask for more labels than the dataset has, and the solver's
+    ``test_iter`` so that a test covers the testing split once (at most 200
+    batches).  ``max_iter`` rescales the schedule (max_iter, stepvalue,
+    stepsize, snapshot, test_interval) proportionally; without it the
+    template's count is kept and ``log`` is told how many epochs it covers.
+    """
     import shutil
     src = os.path.join(TEMPLATE_DIR, template)
     if template not in list_templates():
@@ -32,21 +40,121 @@ def new_from_template(template, dataset, out, force=False):
                               f"{', '.join(list_templates()) or 'none found'}")
     if os.path.exists(out) and os.listdir(out) and not force:
         raise LayergraphError(f"{out} exists and is not empty (use --force to overwrite)")
+    if max_iter is not None and max_iter < 1:
+        raise LayergraphError(f"--max-iter must be at least 1, got {max_iter}")
+    info = _dataset_facts(dataset)
     os.makedirs(out, exist_ok=True)
     written = []
+    batches = {}
     for name in sorted(os.listdir(src)):
         path = os.path.join(src, name)
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or name == "solver.prototxt":
             continue
         target = os.path.join(out, name)
         if name.endswith(".prototxt") and dataset:
             with open(path) as f:
-                text = f.read()
-            text = re.sub(r'source:\s*"[^".]+\.(training|testing)"',
-                          lambda m: f'source: "{dataset}.{m.group(1)}"', text)
+                text = _rewrite_net(f.read(), dataset, info, batches)
+            with open(target, "w") as f:
+                f.write(text)
+        elif name == "README.md" and dataset:
+            with open(path) as f:
+                text = _rewrite_readme(f.read(), template, dataset)
             with open(target, "w") as f:
                 f.write(text)
         else:
             shutil.copyfile(path, target)
         written.append(target)
-    return written
+    solver = os.path.join(src, "solver.prototxt")
+    if os.path.isfile(solver):
+        target = os.path.join(out, "solver.prototxt")
+        with open(solver) as f:
+            text = f.read()
+        text, note = _rewrite_solver(text, info, batches, max_iter)
+        with open(target, "w") as f:
+            f.write(text)
+        written.append(target)
+        if note and log:
+            log(note)
+    return sorted(written)
+
+
+def _dataset_facts(dataset):
+    """Labels and image counts of an existing dataset (None when it does not
+    exist yet: then only the sources are rewritten)."""
+    if not dataset:
+        return None
+    from ..imagedb.store import dataset_exists, dataset_info
+    if not dataset_exists(dataset):
+        return None
+    info = dataset_info(dataset)
+    sources = info["sources"]
+    labels = sorted(int(k) for k in sources["training"]["label_counts"])
+    return {"labels": labels, "train": sources["training"]["count"],
+            "test": sources.get("testing", {}).get("count", 0)}
+
+
+def _rewrite_net(text, dataset, info, batches):
+    import re
+    text = re.sub(r'source:\s*"[^".]+\.(training|testing)"',
+                  lambda m: f'source: "{dataset}.{m.group(1)}"', text)
+    if info is None:
+        return text
+    n_labels = len(info["labels"])
+    text = re.sub(r"\blabel_count:\s*\d+", f"label_count: {n_labels}", text)
+    text = re.sub(r"\bpregen_label_count:\s*\d+", f"pregen_label_count: {n_labels}", text)
+    if info["labels"] and info["labels"][0] != 0:
+        text = re.sub(r"\blabel_start:\s*-?\d+", f"label_start: {info['labels'][0]}", text)
+
+    def fix_pxk(m):
+        block = m.group(0)
+        p = re.search(r"labels_per_batch:\s*(\d+)", block)
+        k = re.search(r"images_per_label:\s*(\d+)", block)
+        if p and k and int(p.group(1)) > n_labels:
+            block = re.sub(r"labels_per_batch:\s*\d+", f"labels_per_batch: {n_labels}", block)
+            block = re.sub(r"batch_size:\s*\d+", f"batch_size: {n_labels * int(k.group(1))}",
+                           block)
+        return block
+    text = re.sub(r"data_param\s*\{[^}]*\}", fix_pxk, text)
+    # the batch size of each phase's data layer, for test_iter and epochs
+    for m in re.finditer(r"include\s*\{\s*phase:\s*(TRAIN|TEST)\s*\}.*?batch_size:\s*(\d+)",
+                         text, re.S):
+        batches.setdefault(m.group(1), int(m.group(2)))
+    return text
+
+
+def _rewrite_solver(text, info, batches, max_iter):
+    import math
+    import re
+    note = None
+    old = re.search(r"^max_iter:\s*(\d+)", text, re.M)
+    if max_iter is not None and old:
+        factor = max_iter / int(old.group(1))
+
+        def scale(m):
+            return f"{m.group(1)}: {max(1, int(round(int(m.group(2)) * factor)))}"
+        text = re.sub(r"^(stepvalue|stepsize|snapshot|test_interval):\s*(\d+)", scale, text,
+                      flags=re.M)
+        text = re.sub(r"^max_iter:\s*\d+", f"max_iter: {max_iter}", text, flags=re.M)
+    if info is None:
+        return text, note
+    test_batch = batches.get("TEST")
+    if test_batch and info["test"]:
+        test_iter = min(200, math.ceil(info["test"] / test_batch))
+        text = re.sub(r"^test_iter:\s*\d+", f"test_iter: {test_iter}", text, flags=re.M)
+    iters = re.search(r"^max_iter:\s*(\d+)", text, re.M)
+    train_batch = batches.get("TRAIN")
+    if iters and train_batch and info["train"]:
+        epochs = int(iters.group(1)) * train_batch / info["train"]
+        note = (f"the solver runs {int(iters.group(1)):,} iterations x {train_batch} images = "
+                f"{epochs:,.1f} epochs of the {info['train']:,} training images; "
+                f"change it with `new --max-iter N` (the schedule scales with it) or "
+                f"`train --iterations N`")
+    return text, note
+
+
+def _rewrite_readme(text, template, dataset):
+    import re
+    text = re.sub(r"\bMNIST\.(training|testing)\b", lambda m: f"{dataset}.{m.group(1)}", text)
+    text = re.sub(r"--dataset MNIST\b", f"--dataset {dataset}", text)
+    return (f"<!-- copied from model_templates/{template} by `layergraph new`, its data "
+            f"sources pointed at {dataset} -->\n" + text)
