@@ -267,7 +267,7 @@ class EmulatedKernels:
             header = f.read()
         with open(os.path.join(kdir, "common.cuh"), encoding="utf-8") as f:
             common = f.read()
-        wrappers = [f'#include "cuda_emu.h"', f'#include "{path}"']
+        wrappers = ['#include "cuda_emu.h"', f'#include "{path}"']
         for sig in kernel_index().values():
             if sig.file != path:
                 continue

@@ -2,29 +2,13 @@
 templates train a few iterations on the kernel backend (``emu`` here: every
 kernel of kernels/ run on the CPU; ``gpu`` where a GPU is lent) and follow
 the NumPy run's loss curve and weights."""
-import os
 
 import numpy as np
 import pytest
 
 import layergraph as lg
 from layergraph.backend import get_backend, to_numpy
-from layergraph.imagedb.creators import copy_dataset, create_mnist
 from layergraph.tools.evaluate import new_from_template
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagedb")
-    old = os.environ.get("LAYERGRAPH_DB")
-    os.environ["LAYERGRAPH_DB"] = str(root)
-    create_mnist(None, name="MNIST", download=False)
-    copy_dataset("MNIST", "TINY", max_per_label=12, seed=0)
-    yield root
-    if old is None:
-        os.environ.pop("LAYERGRAPH_DB", None)
-    else:
-        os.environ["LAYERGRAPH_DB"] = old
 
 
 def _solver(template, run_dir, backend, iterations):

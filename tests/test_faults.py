@@ -256,22 +256,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-@pytest.fixture(scope="module")
-def tiny_db(tmp_path_factory):
-    from layergraph.imagedb.creators import copy_dataset, create_mnist
-    root = tmp_path_factory.mktemp("imagedb")
-    old = os.environ.get("LAYERGRAPH_DB")
-    os.environ["LAYERGRAPH_DB"] = str(root)
-    create_mnist(None, name="MNIST", download=False)
-    copy_dataset("MNIST", "TINY", max_per_label=12, seed=0)
-    yield root
-    if old is None:
-        os.environ.pop("LAYERGRAPH_DB", None)
-    else:
-        os.environ["LAYERGRAPH_DB"] = old
-
-
-def test_killed_writers_resume_to_the_same_bytes(tmp_path, tiny_db):
+def test_killed_writers_resume_to_the_same_bytes(tmp_path, db):
     """SIGKILL the training process at random moments (mid-iteration,
     mid-snapshot), resume each time from the newest complete pair: the run
     ends byte-identical to an uninterrupted one, with no temporaries left."""
@@ -287,7 +272,7 @@ def test_killed_writers_resume_to_the_same_bytes(tmp_path, tiny_db):
                         f'snapshot: 2 snapshot_prefix: "{name}/s" solver_mode: CPU '
                         f'random_seed: 7 display: 0')
         return path
-    env = dict(os.environ, LAYERGRAPH_DB=str(tiny_db))
+    env = dict(os.environ, LAYERGRAPH_DB=str(db))
     base = [sys.executable, "-m", "layergraph", "train", "--quiet"]
     subprocess.run(base + ["--solver", solver("clean")], env=env, check=True,
                    capture_output=True, timeout=300)

@@ -1,29 +1,13 @@
 """The execution plan (plan.py): weight-shared branches run as one batch,
 with the same losses and gradients as one by one, and every named blob
 still showing its own values."""
-import os
 
 import numpy as np
 import pytest
 
 import layergraph as lg
-from layergraph.imagedb.creators import copy_dataset, create_mnist
 from layergraph.prototxt import parse_net
 from layergraph.tools.evaluate import new_from_template
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagedb")
-    old = os.environ.get("LAYERGRAPH_DB")
-    os.environ["LAYERGRAPH_DB"] = str(root)
-    create_mnist(None, name="MNIST", download=False)
-    copy_dataset("MNIST", "TINY", max_per_label=12, seed=0)
-    yield root
-    if old is None:
-        os.environ.pop("LAYERGRAPH_DB", None)
-    else:
-        os.environ["LAYERGRAPH_DB"] = old
 
 
 def _step(model, batch_branches):

@@ -9,27 +9,12 @@ import pytest
 
 import layergraph as lg
 from layergraph.cli import main
-from layergraph.imagedb.creators import copy_dataset, create_mnist
 from layergraph.evaluation import inspect
 from layergraph.evaluation import test_many as run_test_many
 from layergraph.tools.templates import new_from_template
 
 COMPAT = os.environ.get("LAYERGRAPH_COMPAT", os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "compat")))
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagedb")
-    old = os.environ.get("LAYERGRAPH_DB")
-    os.environ["LAYERGRAPH_DB"] = str(root)
-    create_mnist(None, name="MNIST", download=False)
-    copy_dataset("MNIST", "TINY", max_per_label=12, seed=0)
-    yield root
-    if old is None:
-        os.environ.pop("LAYERGRAPH_DB", None)
-    else:
-        os.environ["LAYERGRAPH_DB"] = old
 
 
 def train_template(template, tmp_path, iterations=6):

@@ -128,7 +128,6 @@ class AccuracyEncoding(Layer):
 
     def _leave_one_out_distances(self, x, labels, valid):
         xp = self.xp
-        n = x.shape[0]
         sums, m = C.batch_label_sums(xp, x, labels, valid, self.num_labels)
         means = sums / xp.maximum(m, 1)[:, None]
         dist = C.centroid_distances(xp, x, means, m > 0)

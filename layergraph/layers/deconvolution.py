@@ -1,7 +1,7 @@
 """Deconvolution: the transpose of Convolution (Caffe's DeconvolutionLayer)."""
 from ..layer import Layer, register_layer
 from ._im2col import col2im, im2col, matmul_accumulate
-from .convolution import spatial_pair
+from .convolution import window_geometry
 
 
 @register_layer("Deconvolution")
@@ -49,25 +49,7 @@ class DeconvolutionLayer(Layer):
         self.num_output = int(p.num_output)
         if self.num_output <= 0:
             raise self.error("num_output must be > 0")
-        dilation = list(p.dilation)
-        if len(dilation) > 2:
-            raise self.error(f"dilation must be given once or once per spatial axis (2), "
-                             f"got {len(dilation)} values")
-        pairs = {
-            "kernel": spatial_pair(p, "kernel_size", "kernel_h", "kernel_w", None),
-            "stride": spatial_pair(p, "stride", "stride_h", "stride_w", 1),
-            "pad": spatial_pair(p, "pad", "pad_h", "pad_w", 0),
-            "dilation": tuple(dilation * 2)[:2] if dilation else (1, 1),
-        }
-        for what, value in pairs.items():
-            if isinstance(value, str):
-                raise self.error(value)
-            if what != "pad" and min(value) <= 0:
-                raise self.error(f"{what} must be > 0, got {value[0]}x{value[1]}")
-        self.kernel = tuple(int(v) for v in pairs["kernel"])
-        self.stride = tuple(int(v) for v in pairs["stride"])
-        self.pad = tuple(int(v) for v in pairs["pad"])
-        self.dilation = tuple(int(v) for v in pairs["dilation"])
+        self.kernel, self.stride, self.pad, self.dilation = window_geometry(self, p)
         self.group = int(p.group)
         self.channels = bottom[0].shape[1]
         if self.group <= 0 or self.channels % self.group or self.num_output % self.group:

@@ -61,7 +61,6 @@ class Eltwise(Layer):
         if self.use_kernels:
             self._forward_kernels(bottom, top)
             return
-        xp = self.xp
         xs = [b.data for b in bottom]
         if self.operation == _E.PROD:
             # In place, the product overwrites a bottom backward still needs.

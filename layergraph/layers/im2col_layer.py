@@ -1,7 +1,7 @@
 """Im2col: every convolution window as a column of channels (Caffe's Im2colLayer)."""
 from ..layer import Layer, register_layer
 from ._im2col import conv_out_size
-from .convolution import spatial_pair
+from .convolution import window_geometry
 
 
 @register_layer("Im2col")
@@ -30,25 +30,7 @@ class Im2colLayer(Layer):
             raise self.error(f"axis {p.axis} is not supported: the channel axis must be 1")
         if top[0] is bottom[0]:
             raise self.error("in-place computation is not supported")
-        dilation = list(p.dilation)
-        if len(dilation) > 2:
-            raise self.error(f"dilation must be given once or once per spatial axis (2), "
-                             f"got {len(dilation)} values")
-        pairs = {
-            "kernel": spatial_pair(p, "kernel_size", "kernel_h", "kernel_w", None),
-            "stride": spatial_pair(p, "stride", "stride_h", "stride_w", 1),
-            "pad": spatial_pair(p, "pad", "pad_h", "pad_w", 0),
-            "dilation": tuple(dilation * 2)[:2] if dilation else (1, 1),
-        }
-        for what, value in pairs.items():
-            if isinstance(value, str):
-                raise self.error(value)
-            if what != "pad" and min(value) <= 0:
-                raise self.error(f"{what} must be > 0, got {value[0]}x{value[1]}")
-        self.kernel = tuple(int(v) for v in pairs["kernel"])
-        self.stride = tuple(int(v) for v in pairs["stride"])
-        self.pad = tuple(int(v) for v in pairs["pad"])
-        self.dilation = tuple(int(v) for v in pairs["dilation"])
+        self.kernel, self.stride, self.pad, self.dilation = window_geometry(self, p)
 
     # -------------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
