@@ -65,7 +65,7 @@ def test_pxk_batches_shrink_to_the_labels_there_are(db, tmp_path):
     new_from_template("TripletNet_28x28_BatchHard", "L5", str(tmp_path / "r"))
     net = (tmp_path / "r" / "train_val.prototxt").read_text()
     assert _field(net, "labels_per_batch") == [5]
-    assert 80 in _field(net, "batch_size")  # 5 labels x 16 images
+    assert 150 in _field(net, "batch_size")  # 5 labels x 30 images
     solver_text = (tmp_path / "r" / "solver.prototxt").read_text()
     # 5 x 20 testing images / batch 100 -> one batch covers the split
     assert _field(solver_text, "test_iter") == [1]
@@ -75,8 +75,8 @@ def test_max_iter_scales_the_schedule(db, tmp_path):
     new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "r"), max_iter=6000)
     text = (tmp_path / "r" / "solver.prototxt").read_text()
     assert _field(text, "max_iter") == [6000]
-    assert _field(text, "stepvalue") == [3000, 4000, 5000]
-    assert _field(text, "snapshot") == [2000]
+    assert _field(text, "stepvalue") == [3000, 3999, 5001]  # 1000, 1333, 1667 x 3
+    assert _field(text, "snapshot") == [3000]
     readme = tmp_path / "r" / "README.md"
     if readme.exists():
         assert "L12" in readme.read_text()
