@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from layergraph import imagedb
-from layergraph.cli_data import add_data_commands
+from layergraph.cli.data import add_data_commands
 from layergraph.errors import DataError, DatasetNotFoundError
 from layergraph.imagedb import store
 from layergraph.proto import pb

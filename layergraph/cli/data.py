@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from .errors import DataError
-from . import imagedb
+from ..errors import DataError
+from .. import imagedb
 
 
 def _size(text):
@@ -207,3 +207,8 @@ def cmd_delete(args):
     imagedb.delete_dataset(args.name)
     print(f"deleted dataset {args.name} from {imagedb.db_root()}")
     return 0
+
+
+def add_commands(sub):
+    """The CLI's hook (layergraph.cli.build_parser)."""
+    add_data_commands(sub)
