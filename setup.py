@@ -30,12 +30,17 @@ setup(
     description="Caffe-style deep-learning engine for metric learning (siamese/triplet nets)",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["layergraph", "layergraph.*"]) + ["layergraph.cuda_kernels"],
-    # kernels/ (the CUDA sources) installs as layergraph/cuda_kernels/
-    package_dir={"layergraph.cuda_kernels": "kernels"},
+    packages=find_packages(include=["layergraph", "layergraph.*"])
+    + ["layergraph.cuda_kernels", "layergraph.model_templates"],
+    # kernels/ (the CUDA sources) installs as layergraph/cuda_kernels/ and
+    # model_templates/ as layergraph/model_templates/ (found by
+    # layergraph.kernels.kernel_dir and layergraph.tools.templates)
+    package_dir={"layergraph.cuda_kernels": "kernels",
+                 "layergraph.model_templates": "model_templates"},
     package_data={
         "layergraph.imagedb": ["mnist_sample/*"],
         "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md"],
+        "layergraph.model_templates": ["*/*"],  # every file of each template
     },
     python_requires=">=3.9",
     install_requires=[
@@ -52,6 +57,11 @@ setup(
         "gpu": ["cupy-cuda12x>=13"],
         # HDF5Data / HDF5Output layers (Caffe's HDF5 data files)
         "hdf5": ["h5py>=3"],
+        # layergraph export: the RUN net as an ONNX model, run by onnxruntime
+        "onnx": ["onnx>=1.12", "onnxruntime>=1.12"],
+        # train --tensorboard / inspect --projector: event files (tensorboardX,
+        # no TensorFlow) and the tensorboard viewer (whose reader the tests use)
+        "tensorboard": ["tensorboardX>=2.5", "tensorboard>=2.10"],
         # NVRTC compiles every kernel in the tests, with no GPU or driver
         "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12", "h5py>=3"],
     },

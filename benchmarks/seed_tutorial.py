@@ -11,7 +11,10 @@ the 300 training images), `train` with random_seed s, `test-many --all` with
 the centroids the Decode layer learned ("model") and with centroids recomputed
 from the 300 training images under the final weights ("training").  Baselines
 on the same draw: raw-pixel 1-nearest-neighbour and nearest class centroid.
-Prints mean and spread; writes <out>/seed_tutorial_<template>.json.
+Prints mean and spread; writes <out>/seed_tutorial_<template>.json.  The
+default <out> is runs/seed_tutorial/ at the repository root (ignored by git);
+give --out benchmarks/results to record a result.  While a seed trains, a
+progress line (iteration, loss, images/s, ETA) every --progress-seconds.
 """
 import argparse
 import json
@@ -27,6 +30,41 @@ from layergraph import Solver  # noqa: E402
 from layergraph.imagedb import store  # noqa: E402
 from layergraph.evaluation import load_split, test_many  # noqa: E402
 from layergraph.tools.templates import new_from_template  # noqa: E402
+
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+class Progress:
+    """Solver callback: a line every ``every`` seconds while training, and
+    one per test."""
+
+    def __init__(self, label, every=30.0):
+        self.label, self.every = label, every
+        self.start = self.last = None
+        self.rates = []
+
+    def on_start(self, solver):
+        if self.start is None:
+            self.start = self.last = time.monotonic()
+            self.first_iter = solver.iter
+            print(f"[{self.label}] training {solver.param.max_iter} iterations", flush=True)
+
+    def on_iteration(self, solver, record):
+        self.rates.append(record["images_per_s"])
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        done = max(solver.iter - self.first_iter, 1)
+        eta = (now - self.start) / done * max(solver.param.max_iter - solver.iter, 0)
+        print(f"[{self.label}] iteration {solver.iter}/{solver.param.max_iter}, loss "
+              f"{solver.smoothed_loss:.4g}, {sum(self.rates) / len(self.rates):.0f} images/s, "
+              f"ETA {int(eta) // 60}:{int(eta) % 60:02d}", flush=True)
+        self.last, self.rates = now, []
+
+    def on_test(self, solver, test_id, results):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if np.ndim(v) == 0)
+        print(f"[{self.label}] iteration {solver.iter}, test: {shown}", flush=True)
 
 
 def pixel_baselines(train_name, dataset):
@@ -52,7 +90,11 @@ def main():
     parser.add_argument("--iterations", type=int, help="override the solver's max_iter")
     parser.add_argument("--dataset", default="MNIST")
     parser.add_argument("--db", help="image database root")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "seed_tutorial"),
+                        help="where the runs and the JSON go (default: runs/seed_tutorial "
+                             "at the repository root, ignored by git)")
+    parser.add_argument("--progress-seconds", type=float, default=30.0,
+                        help="a progress line every this many seconds while training")
     args = parser.parse_args()
     if args.db:
         os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
@@ -72,11 +114,14 @@ def main():
         if args.iterations:
             overrides["max_iter"] = args.iterations
         solver = Solver(os.path.join(run_dir, "solver.prototxt"), log=None, overrides=overrides)
+        solver.add_callback(Progress(f"seed {seed}", args.progress_seconds))
         t0 = time.time()
         solver.solve()
         train_s = time.time() - t0
         weights = f"{solver.snapshot_prefix()}_iter_{solver.iter}.caffemodel"
         solver.close()
+        print(f"[seed {seed}] trained in {train_s:.0f} s; testing on all of "
+              f"{args.dataset}.testing", flush=True)
         model = os.path.join(run_dir, "train_val.prototxt")
         acc_model = test_many(model, weights, args.dataset, count=None, log=None)["accuracy"]
         acc_train = test_many(model, weights, args.dataset, count=None, log=None,

@@ -104,7 +104,8 @@ def gpu_status():
     if cupy is None:
         return False, (f"CuPy is not installed ({type(_cupy_error).__name__}: "
                        f"{str(_cupy_error).splitlines()[0] if str(_cupy_error) else ''}); "
-                       f"install the GPU extra: pip install -e \".[gpu]\"")
+                       f"install the GPU extra (pip install 'layergraph[gpu]', or -e '.[gpu]' in a "
+                       f"checkout)")
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
@@ -170,7 +171,8 @@ def backend_of_solver(param, gpu=None, warn=None):
     from .proto import pb
     if gpu is not None:
         return get_backend(gpu if str(gpu).startswith(("gpu", "cpu", "emu")) else f"gpu:{gpu}")
-    if param.solver_mode == pb.SolverParameter.GPU:
+    # Caffe's default solver_mode is GPU; only a file that asks for it says so
+    if param.HasField("solver_mode") and param.solver_mode == pb.SolverParameter.GPU:
         ok, why = gpu_status()
         if ok:
             return get_backend(f"gpu:{param.device_id}")

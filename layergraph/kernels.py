@@ -52,12 +52,16 @@ _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]
 
 def kernel_dir():
     """The folder holding the .cu sources: the repository's ``kernels/`` in
-    a source checkout, else the copy installed as package data."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(os.path.dirname(here), "kernels"),
-                      os.path.join(here, "cuda_kernels")):
-        if os.path.isfile(os.path.join(candidate, "common.cuh")):
-            return candidate
+    a source checkout, else the copy installed as package data
+    (``layergraph/cuda_kernels/``, setup.py's package_dir mapping)."""
+    from importlib import resources
+    package = resources.files("layergraph")
+    for candidate in (os.path.join(os.path.dirname(str(package)), "kernels"),
+                      package / "cuda_kernels"):
+        # a wheel installs into a directory, so the Traversable is a real path
+        if isinstance(candidate, (str, os.PathLike)) and \
+                os.path.isfile(os.path.join(candidate, "common.cuh")):
+            return os.fspath(candidate)
     raise GPUError("the CUDA kernel sources (kernels/*.cu) are not installed with layergraph")
 
 

@@ -199,6 +199,23 @@ def derive_run_net(net_param, input_shape=None):
     return out
 
 
+def _data_layer_param(net_param, state):
+    """The data layer a train_val file feeds the net with: the first of
+    DATA_LAYER_TYPES in the TEST phase, else in the TRAIN phase (None if
+    there is none, as in a deploy prototxt)."""
+    for phase in (pb.TEST, pb.TRAIN):
+        probe = pb.NetState(phase=phase, level=state.level)
+        probe.stage.extend(state.stage)
+        for lp in net_param.layer:
+            if lp.type not in DATA_LAYER_TYPES or (lp.include and lp.exclude):
+                continue
+            rules_ok = (any(state_meets_rule(probe, r) for r in lp.include) if lp.include
+                        else not any(state_meets_rule(probe, r) for r in lp.exclude))
+            if rules_ok:
+                return lp
+    return None
+
+
 # ------------------------------------------------------------------ Net ----
 
 class Net:
@@ -210,11 +227,17 @@ class Net:
 
     Attributes mirror pycaffe: ``blobs`` (name -> Blob), ``params`` (layer
     name -> list of parameter Blobs), ``layers``, ``inputs``, ``outputs``.
+
+    ``db``: the image database root the Data layers read (default:
+    $LAYERGRAPH_DB, else ~/.layergraph/imagedb); ``self.db`` (absolute, or
+    None for the default).  A RUN net built from a train_val file feeds on
+    what its Data layer produced in training: :meth:`transform` applies that
+    scaling to raw images.
     """
 
     def __init__(self, model, phase=pb.TRAIN, weights=None, level=0, stages=(),
                  seed=0, dtype=DEFAULT_DTYPE, xp=np, input_shape=None, backend=None,
-                 batch_branches=True):
+                 batch_branches=True, db=None):
         if isinstance(model, pb.NetParameter):
             param, self.source = model, "<NetParameter>"
         else:
@@ -239,6 +262,10 @@ class Net:
             if not stages:
                 state.stage.extend(param.state.stage)
         self.state = state
+        #: the image database root of the Data layers (layers/data.py reads it)
+        self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
+        #: the train_val's data layer (TEST phase, else TRAIN): Net.transform
+        self.data_layer_param = _data_layer_param(param, state)
         param_had_layers = bool(param.layer)
         param = filter_net(param, state)
         if phase == pb.RUN:
@@ -539,6 +566,79 @@ class Net:
                 with clock(i):
                     self.layers[i].backward(top, self.bottom_need_backward[i],
                                             self.bottom_vecs[i])
+
+    def transform(self, images):
+        """Raw images as the train_val's data layer fed them in training:
+
+            y = scale * crop(x - mean)
+
+        ``images``: (N, C, H, W) or one image (C, H, W), uint8 0-255 as stored
+        in the image database; returns float32 (N, C, H', W') for
+        ``forward``.  The transform is the transform_param of the data layer
+        of the file the net was built from (its TEST-phase one, else its
+        TRAIN-phase one; Caffe's DataTransformer, the deterministic part):
+        mean_file, mean_value (one, or one per channel) or use_imagedb_mean
+        (the dataset's training mean, from ``db``); crop_size as a centre
+        crop; scale.  Random crops, mirroring and augmentation are training
+        draws and are not applied.  A deploy prototxt has no data layer, so
+        there is nothing to apply: the images only become float32 (scale
+        them yourself, e.g. by 1/256 for the MNIST templates).
+
+        >>> net = lg.Net("train_val.prototxt", lg.RUN, weights="w.caffemodel",
+        ...              input_shape=(1, 1, 28, 28))
+        >>> out = net.forward(images=net.transform(raw_uint8))
+        """
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise ShapeError(f"transform takes images (N, C, H, W) or one image (C, H, W), "
+                             f"got shape {x.shape}")
+        x = x.astype(np.float32)
+        lp = self.data_layer_param
+        if lp is None:
+            return x
+        tp, dp = lp.transform_param, lp.data_param
+        where = f"Net.transform (layer '{lp.name}')"
+        if tp.force_color or tp.force_gray or dp.force_encoded_color or \
+                tp.color_order == pb.TransformationParameter.BGR:
+            raise NetError(f"{where}: force_color, force_gray and color_order BGR are not "
+                           f"applied here; convert the images' channels yourself")
+        c, h, w = x.shape[1:]
+        mean_file = tp.mean_file or dp.mean_file
+        mean = None
+        if mean_file:
+            from .imagedb.store import read_mean_file
+            mean = read_mean_file(mean_file)
+        elif len(tp.mean_value):
+            values = np.asarray(tp.mean_value, np.float32)
+            if len(values) not in (1, c):
+                raise ShapeError(f"{where}: {len(values)} mean_value(s) for {c} channels")
+            mean = np.broadcast_to(values, (c,)).reshape(c, 1, 1)
+        elif tp.use_imagedb_mean:
+            from .imagedb.store import read_mean, split_source_name
+            parts = split_source_name(dp.source)
+            if parts is None:
+                raise NetError(f"{where}: use_imagedb_mean, but source '{dp.source}' is not "
+                               f"an image database dataset")
+            mean = read_mean(parts[0], self.db)
+        if mean is not None:
+            mean = np.asarray(mean, np.float32)
+            mean = mean[None] if mean.ndim == 2 else mean
+            if mean.shape[1:] != (1, 1) and mean.shape != (c, h, w):
+                raise ShapeError(f"{where}: the mean has shape {mean.shape}; the images "
+                                 f"are {(c, h, w)}")
+            x = x - mean
+        crop = int(tp.crop_size or dp.crop_size)
+        if crop:
+            if crop > h or crop > w:
+                raise ShapeError(f"{where}: crop_size {crop} exceeds the image size {h}x{w}")
+            top, left = (h - crop) // 2, (w - crop) // 2
+            x = x[:, :, top:top + crop, left:left + crop]
+        scale = tp.scale if tp.HasField("scale") or not dp.HasField("scale") else dp.scale
+        if scale != 1:
+            x = x * np.float32(scale)
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def describe_plan(self):
         """Lines saying how the net runs (``layergraph time`` prints them)."""

@@ -121,7 +121,7 @@ def refit_centroids(net, source=None, default_source=None, log=None, layers=None
         chosen = source or p.refit_source or default_source
         param, data_name = _refit_param(net, index, chosen)
         refit_net = Net(param, phase=pb.TEST, seed=net.seed, dtype=net.dtype,
-                        backend=net.backend)
+                        backend=net.backend, db=getattr(net, "db", None))
         try:
             refit_net.share_weights_from(net)
             sums, counts = _embed_and_sum(refit_net, data_name, decode, bottoms)

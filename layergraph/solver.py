@@ -42,7 +42,7 @@ import numpy as np
 
 from .backend import backend_of_solver, get_backend, to_numpy
 from .errors import DivergedError, SnapshotError, SolverError
-from .net import Net
+from .net import DATA_LAYER_TYPES, Net
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net, read_solver
 from .refit import refit_for_solver
@@ -275,9 +275,16 @@ class Solver:
     ``solver_mode: GPU`` on a machine without one trains on the CPU (a
     one-line warning goes to ``log``); a ``backend`` naming a GPU that cannot
     be used raises GPUError.
+
+    ``db``: the image database root the nets' Data layers read (default:
+    $LAYERGRAPH_DB, else ~/.layergraph/imagedb).
+
+    ``tensorboard_dir`` in the solver file (relative to it) writes TensorBoard
+    event files through :class:`layergraph.tensorboard.TensorBoardCallback`
+    (``self.tensorboard``; needs tensorboardX).
     """
 
-    def __init__(self, solver, log=print, overrides=None, backend=None):
+    def __init__(self, solver, log=print, overrides=None, backend=None, db=None):
         if isinstance(solver, pb.SolverParameter):
             self.param, self.source, self.base_dir = solver, "<SolverParameter>", os.getcwd()
         else:
@@ -313,6 +320,15 @@ class Solver:
         self.last_snapshot_iter = None
         self.log_path = None
         self.history = []
+        self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
+        self.tensorboard = None
+        if self.param.tensorboard_dir:  # before the nets: a missing tensorboardX fails fast
+            from .tensorboard import TensorBoardCallback
+            self.tensorboard = TensorBoardCallback(
+                self.output_path(self.param.tensorboard_dir),
+                histograms=self.param.tensorboard_histograms,
+                embedding=self.param.tensorboard_embedding or None)
+            self.add_callback(self.tensorboard)
         self._build_nets()
         self._init_history()
 
@@ -321,6 +337,11 @@ class Solver:
         if not path or os.path.isabs(path) or os.path.exists(path):
             return path
         return os.path.join(self.base_dir, path)
+
+    def output_path(self, path):
+        """An output path of the solver file (snapshot_prefix, tensorboard_dir):
+        relative paths are relative to the solver file's directory."""
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
 
     def _net_source(self, path):
         resolved = self.resolve(path)
@@ -339,7 +360,8 @@ class Solver:
                        else self._net_source(getattr(p, field)))
         state = p.train_state
         self.net = Net(train_param, phase=pb.TRAIN, level=state.level,
-                       stages=tuple(state.stage), seed=self.seed, backend=self.backend)
+                       stages=tuple(state.stage), seed=self.seed, backend=self.backend,
+                       db=self.db)
         if self.net.source == "<NetParameter>" and field in ("net", "train_net"):
             self.net.source = self.resolve(getattr(p, field))
         # test nets: test_net_param, test_net, then net/net_param for the rest
@@ -357,14 +379,15 @@ class Solver:
         for i, tp in enumerate(test_params):
             st = p.test_state[i] if p.test_state else pb.NetState(phase=pb.TEST)
             net = Net(tp, phase=pb.TEST, level=st.level, stages=tuple(st.stage),
-                      seed=self.seed + 7919 * (i + 1), backend=self.backend)
+                      seed=self.seed + 7919 * (i + 1), backend=self.backend, db=self.db)
             net.share_weights_from(self.net)
             self.test_nets.append(net)
 
     def add_callback(self, callback):
         """An object with any of: on_start(solver), on_gradients_ready(solver),
-        on_iteration(solver, record), on_test(solver, test_id, results),
-        on_snapshot(solver, paths)."""
+        on_iteration(solver, record), on_test_batch(solver, test_id, net) (after
+        each forward pass of a test), on_test(solver, test_id, results),
+        on_snapshot(solver, paths), close() (called by Solver.close)."""
         self.callbacks.append(callback)
 
     def _emit(self, event, *args):
@@ -519,6 +542,25 @@ class Solver:
                 return top[0].shape[0] if top[0].shape else 1
         return 1
 
+    def images_per_forward(self):
+        """(data images, tower images) of one forward pass of the TRAIN net.
+
+        Data images: the rows the data layers deliver (a Data layer with
+        images_per_blob 2 delivers two images per row); a net without data
+        layers counts its first input's rows (:meth:`batch_size`).  Tower
+        images: the rows through the weight-shared branches (net.chains),
+        k branches x N rows -- a triplet net on a Data batch of 64 runs 192
+        images through its towers; None without such branches."""
+        data = 0
+        for layer, top in zip(self.net.layers, self.net.top_vecs):
+            if layer.type in DATA_LAYER_TYPES and top and top[0].shape:
+                per_row = (max(1, layer.param.data_param.images_per_blob)
+                           if layer.type == "Data" else 1)
+                data += top[0].shape[0] * per_row
+        towers = max((sum(b.shape[0] for b in chain.inputs if b.shape)
+                      for chain in self.net.chains), default=0)
+        return data or self.batch_size(), towers or None
+
     def step(self, iters):
         """Run ``iters`` iterations (tests, display and snapshots included).
 
@@ -550,9 +592,12 @@ class Solver:
             with np.errstate(all="ignore"):
                 self.apply_update()
             dt = time.perf_counter() - t0
+            data_images, tower_images = self.images_per_forward()
             record = {"iter": it, "loss": loss, "smoothed_loss": self.smoothed_loss,
                       "lr": self.rate,
-                      "images_per_s": self.batch_size() * p.iter_size / max(dt, 1e-9)}
+                      "images_per_s": data_images * p.iter_size / max(dt, 1e-9)}
+            if tower_images:
+                record["tower_images_per_s"] = tower_images * p.iter_size / max(dt, 1e-9)
             if p.display and it % p.display == 0:
                 self.log(f"Iteration {it}, loss = {self.smoothed_loss:.6g}, "
                          f"lr = {self.rate:.6g}")
@@ -642,6 +687,7 @@ class Solver:
         loss = 0.0
         for _ in range(iters):
             loss += net.forward_prefilled()
+            self._emit("on_test_batch", test_id, net)
             for name in net.outputs:
                 value = np.asarray(to_numpy(net.blobs[name].data), dtype=np.float64)
                 sums[name] = sums.get(name, 0.0) + value
@@ -771,6 +817,12 @@ class Solver:
         self.log_path = path
 
     def close(self):
+        """Release the nets' resources and close the callbacks that have a
+        close() (the TensorBoard writer)."""
+        for cb in self.callbacks:
+            close = getattr(cb, "close", None)
+            if callable(close):
+                close()
         self.net.close()
         for net in self.test_nets:
             net.close()

@@ -9,6 +9,8 @@ module per command family -- a command's code is in the module named after it:
     data        layergraph data mnist|copy|images|list|show|delete ...
     new         layergraph new --template TripletNet_28x28 --dataset MNIST.30 --out DIR
     evaluate    layergraph test-many | inspect | evaluate --model M --weights W --dataset D
+    embed       layergraph embed --model M --weights W --dataset D --out emb.npy|emb.npz
+    export      layergraph export --model M --weights W --out net.onnx
     upgrade     layergraph upgrade IN OUT
 
 ``--gpu N`` (train, test, time, test-many, inspect, evaluate) runs the whole
@@ -26,7 +28,7 @@ from .common import (_Parser, _backend, _phase, _set_db, add_device_arguments,  
 
 #: the command modules, in the order `layergraph --help` lists them
 COMMAND_MODULES = ("train", "test", "timing", "device", "draw", "data", "new", "evaluate",
-                   "upgrade")
+                   "embed", "export", "upgrade")
 
 
 def build_parser():

@@ -69,18 +69,63 @@ def add_data_commands(subparsers):
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=cmd_copy)
 
-    p = sub.add_parser("images", parents=[common], help="import a folder of PNG/JPEG images",
-                       description="Import images from DIR/<label>/*.png|jpg (one sub-folder "
-                                   "per label) with a per-label test split.")
-    p.add_argument("--dir", required=True, metavar="DIR", help="folder of label sub-folders")
+    p = sub.add_parser(
+        "images", parents=[common], help="import image files: label folders or list files",
+        description="Import images (PNG, JPEG, BMP, GIF, TIFF, WebP) as users hold them:\n"
+                    "  DIR/<label>/*                split per label by --test-fraction\n"
+                    "  DIR/train/<label>/*, DIR/test/<label>/*  (or training/testing/val: "
+                    "found\n"
+                    "                               automatically; or --train-dir/--test-dir)\n"
+                    "  --list FILE [--test-list F]  Caffe convert_imageset list files, "
+                    "'path label'\n"
+                    "                               a line, paths relative to --root\n"
+                    "Label folders are numbered 0..L-1 in sorted order (folders named by "
+                    "integers keep\nthem); the names are kept in the catalog.",
+        epilog="examples:\n"
+               "  layergraph data images --dir flowers/ --name FLOWERS --size 64x64 "
+               "--channels 3 --crop\n"
+               "  layergraph data images --list train.txt --test-list test.txt --root "
+               "images/ --name CUB --size 224x224 --channels 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_argument_group("source (one of)")
+    source.add_argument("--dir", metavar="DIR",
+                        help="folder of label sub-folders, or of train/ and test/ folders "
+                             "of label sub-folders")
+    source.add_argument("--train-dir", metavar="DIR", help="training label folders")
+    source.add_argument("--test-dir", metavar="DIR", help="testing label folders")
+    source.add_argument("--list", metavar="FILE",
+                        help="training list file: 'relative/path label' a line (Caffe's "
+                             "convert_imageset)")
+    source.add_argument("--test-list", metavar="FILE", help="testing list file")
+    source.add_argument("--root", metavar="DIR",
+                        help="folder the list files' paths are relative to (default: the "
+                             "list file's folder)")
     p.add_argument("--name", required=True, help="dataset name")
     p.add_argument("--size", type=_size, metavar="HxW",
                    help="resize to HEIGHTxWIDTH, e.g. 28x28 (default: the first image's size)")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3),
                    help="1 (gray) or 3 (RGB) (default 1)")
-    p.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
-                   help="share of each label put in the testing source (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    fit = p.add_mutually_exclusive_group()
+    fit.add_argument("--crop", dest="resize", action="store_const", const="crop",
+                     help="keep the aspect ratio: resize the short side to fit, cut the centre")
+    fit.add_argument("--pad", dest="resize", action="store_const", const="pad",
+                     help="keep the aspect ratio: fit the whole image, pad with zeros")
+    p.set_defaults(resize="squash")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="for sources not split already: share of each label put in the "
+                        "testing source (default 0.2)")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                   help="store each source's records in a random order drawn with --seed "
+                        "(default: shuffle folders, keep a list file's order)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split and the shuffle (default 0)")
+    bad = p.add_mutually_exclusive_group()
+    bad.add_argument("--skip-bad", dest="on_bad", action="store_const", const="skip",
+                     help="name a corrupt or non-image file in a warning and leave it out "
+                          "(default)")
+    bad.add_argument("--strict", dest="on_bad", action="store_const", const="error",
+                     help="refuse the import at the first corrupt or non-image file")
+    p.set_defaults(on_bad="skip")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=cmd_images)
 
@@ -143,12 +188,25 @@ def cmd_copy(args):
 
 def cmd_images(args):
     _apply_db(args)
-    info = imagedb.import_images(args.dir, args.name, size=args.size, channels=args.channels,
-                                 test_fraction=args.test_fraction, seed=args.seed,
-                                 overwrite=args.overwrite)
+    info = imagedb.import_images(
+        args.dir, args.name, size=args.size, channels=args.channels,
+        test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
+        train_dir=args.train_dir, test_dir=args.test_dir, list_file=args.list,
+        test_list=args.test_list, list_root=args.root, resize=args.resize,
+        shuffle=args.shuffle, on_bad=args.on_bad, progress=None)
     print(f"created dataset {info['name']} from {info['origin']}")
     print(f"  {_summary(info)}")
+    names = info.get("label_names") or {}
+    if any(k != v for k, v in names.items()):
+        pairs = [f"{k} {v}" for k, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
+        shown = pairs[:_LABELS_PRINTED]
+        more = len(pairs) - len(shown)
+        print("  labels: " + ", ".join(shown)
+              + (f", ... ({more} more: layergraph data show {info['name']})" if more else ""))
     return 0
+
+
+_LABELS_PRINTED = 50  # label names printed after an import at most
 
 
 def cmd_list(args):

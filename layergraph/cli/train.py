@@ -1,16 +1,27 @@
 """``layergraph train``: a solver to max_iter, with a progress bar, snapshots,
-resume, and the collapse guard."""
+resume, the collapse guard, and TensorBoard event files (--tensorboard)."""
 import os
 import sys
+import time
 
 from ..errors import LayergraphError
 from .common import _backend, _set_db, add_device_arguments
 
 
-class _Progress:
-    """tqdm progress bar: iteration, loss, lr and images/s."""
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, total, initial, quiet):
+
+class _Progress:
+    """tqdm progress bar: iteration, loss, lr and images/s.  When stderr is
+    not a terminal (a log file, a CI job: tqdm is off then), a line instead
+    every ``every`` seconds: iteration, smoothed loss, images/s (the mean of
+    the iterations since the last line) and the ETA (the wall time per
+    iteration so far, tests and snapshots included, times the iterations
+    left)."""
+
+    def __init__(self, total, initial, quiet, every=30.0):
         self.bar = None
         if not quiet:
             try:
@@ -19,6 +30,30 @@ class _Progress:
                                 file=sys.stderr, disable=None)
             except ImportError:  # pragma: no cover
                 self.bar = None
+        self.lines = not quiet and (self.bar is None or self.bar.disable)
+        self.every = float(every)
+        self._start = None      # (time, iteration) of the first iteration seen
+        self._last = None
+        self._rates = []
+
+    def on_start(self, solver):
+        if self._start is None:
+            self._start = self._last = (time.monotonic(), solver.iter)
+
+    def _line(self, solver, record):
+        now = time.monotonic()
+        self._rates.append(record["images_per_s"])
+        if now - self._last[0] < self.every:
+            return
+        t0, it0 = self._start
+        done = solver.iter - it0
+        left = max(solver.param.max_iter - solver.iter, 0)
+        eta = (now - t0) / max(done, 1) * left
+        rate = sum(self._rates) / len(self._rates)
+        print(f"iteration {solver.iter}/{solver.param.max_iter}, loss "
+              f"{solver.smoothed_loss:.4g}, {rate:.0f} images/s, ETA {_duration(eta)}",
+              file=sys.stderr, flush=True)
+        self._last, self._rates = (now, solver.iter), []
 
     def write(self, line):
         if self.bar is not None:
@@ -27,7 +62,9 @@ class _Progress:
             print(line, flush=True)
 
     def on_iteration(self, solver, record):
-        if self.bar is not None:
+        if self.lines:
+            self._line(solver, record)
+        elif self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", lr=f"{record['lr']:.3g}",
                                  img_s=f"{record['images_per_s']:.0f}", refresh=False)
@@ -53,10 +90,22 @@ def cmd_train(args):
         if not os.path.exists(args.model):
             raise LayergraphError(f"{args.model}: no such file")
         overrides["net"] = os.path.abspath(args.model)
-    progress = _Progress(0, 0, args.quiet)
+    if args.tensorboard:
+        overrides["tensorboard_dir"] = os.path.abspath(args.tensorboard)
+    if args.tensorboard_histograms:
+        overrides["tensorboard_histograms"] = True
+    if args.tensorboard_embedding:
+        overrides["tensorboard_embedding"] = args.tensorboard_embedding
+    if args.progress_seconds < 0:
+        raise LayergraphError("--progress-seconds must be >= 0")
+    progress = _Progress(0, 0, args.quiet, every=args.progress_seconds)
     solver = Solver(args.solver, log=progress.write, overrides=overrides,
                     backend=_backend(args, default=None))
     try:
+        if (args.tensorboard_histograms or args.tensorboard_embedding) and \
+                solver.tensorboard is None:
+            raise LayergraphError("--tensorboard-histograms and --tensorboard-embedding need "
+                                  "--tensorboard DIR (or tensorboard_dir in the solver file)")
         weights = (args.weights.split(",") if args.weights else []) + [
             solver.resolve(path) for path in solver.param.weights]
         for path in weights:
@@ -88,6 +137,8 @@ def cmd_train(args):
         solver.close()
     if solver.log_path:
         print(f"training log: {solver.log_path}")
+    if solver.tensorboard is not None:
+        print(f"TensorBoard: tensorboard --logdir {solver.tensorboard.logdir}")
     return 130 if solver.requested_stop else 0
 
 
@@ -108,5 +159,18 @@ def add_commands(sub):
     p.add_argument("--seed", type=int, help="override random_seed")
     p.add_argument("--db", help="image database root (default ~/.layergraph/imagedb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress-seconds", type=float, default=30.0, metavar="S",
+                   help="when stderr is not a terminal: a progress line (iteration, loss, "
+                        "images/s, ETA) every S seconds (default 30)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard event files to DIR: losses, test outputs, lr, "
+                        "images/s, and the TEST net's embedding for the projector "
+                        "(needs tensorboardX: pip install -e '.[tensorboard]'); the solver "
+                        "field tensorboard_dir does the same")
+    p.add_argument("--tensorboard-histograms", action="store_true",
+                   help="with --tensorboard: weight histograms too")
+    p.add_argument("--tensorboard-embedding", metavar="BLOB",
+                   help="with --tensorboard: the TEST net blob shown in the projector "
+                        "(default: the Decode layer's bottom)")
     add_device_arguments(p)
     p.set_defaults(func=cmd_train)

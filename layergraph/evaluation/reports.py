@@ -120,7 +120,14 @@ def plot_confusion(cm, path, title=""):
 def inspect(model, weights, layer, dataset, out=None, split="testing", count=2000,
             projector=None, batch_size=256, seed=0, perplexity=30.0, log=print, backend=None):
     """Embeddings of ``layer`` (a blob name, a layer name (its first top), or
-    a Debug layer, whose store is read) drawn with t-SNE, coloured by label."""
+    a Debug layer, whose store is read) drawn with t-SNE, coloured by label.
+
+    ``projector``: a folder for the TensorBoard Embedding Projector:
+    ``tensors.tsv`` and ``metadata.tsv`` (the labels) at its top, and, with
+    tensorboardX installed, what ``train --tensorboard`` writes at each test
+    (layergraph.tensorboard.write_projector): ``00000/<blob>/`` with the
+    embeddings, labels and a sprite of the images, ``projector_config.pbtxt``
+    and an event file, so ``tensorboard --logdir DIR`` shows them."""
     images, labels, source = load_split(dataset, split, count, seed)
     net, param = run_net(model, weights, images.shape[1:], backend)
     transform = data_transform(param)
@@ -137,6 +144,7 @@ def inspect(model, weights, layer, dataset, out=None, split="testing", count=200
             stored, _ = debug.stored_embeddings()
             emb = np.asarray(stored, np.float64).reshape(len(stored), -1)
             labels = labels[-len(emb):]
+            images = images[-len(emb):]
     finally:
         net.close()
     result = {"embeddings": emb, "labels": labels}
@@ -148,6 +156,16 @@ def inspect(model, weights, layer, dataset, out=None, split="testing", count=200
         if log:
             log(f"wrote {projector}/tensors.tsv and metadata.tsv "
                 f"(load them in the TensorBoard Embedding Projector)")
+        try:
+            from ..tensorboard import write_projector
+            folder = write_projector(projector, emb, labels, images, tag=blob, log=log)
+        except LayergraphError as e:  # tensorboardX is not installed
+            if log:
+                log(f"note: {e}; wrote the TSV files only")
+        else:
+            if log:
+                log(f"wrote {folder} and {projector}/projector_config.pbtxt: "
+                    f"tensorboard --logdir {projector}")
     if out:
         points = tsne(emb, seed=seed, perplexity=perplexity)
         result["points"] = points

@@ -7,6 +7,7 @@ interruption never leaves a half-written dataset in the catalog.
 import gzip
 import hashlib
 import os
+import sys
 import urllib.request
 import zlib
 
@@ -41,7 +42,8 @@ MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_sample")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+              ".pgm", ".pbm")
 _CHUNK = 8192             # images per write transaction at most ...
 _CHUNK_BYTES = 64 << 20   # ... and about this many pixel bytes (a few large images)
 # Largest image side of a dataset.  One 4096x4096 RGB record is 48 MiB and its
@@ -293,97 +295,395 @@ def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, r
 
 
 # ------------------------------------------------------------------ images --
+#
+# Three ways users hold their images, all ending in one (training, testing)
+# list of (file, label) entries that is decoded and written chunk by chunk:
+#   * one folder of label sub-folders, split per label by a test fraction;
+#   * a folder already split: train/<label>/... and test/<label>/...
+#     (found by name inside --dir, or given as --train-dir/--test-dir);
+#   * Caffe convert_imageset list files, one "path label" a line.
 
-def _load_image(path, size, channels):
+#: label folder names -> the split they hold, for a --dir that is already split
+SPLIT_FOLDER_NAMES = {"train": "training", "training": "training",
+                      "test": "testing", "testing": "testing",
+                      "val": "testing", "validation": "testing"}
+#: how an image whose aspect ratio differs from the target's is fitted
+RESIZE_MODES = ("squash", "crop", "pad")
+BAD_FILE_MODES = ("error", "skip")
+_NAMED_BAD_FILES = 20  # bad files named one a line; the rest are counted
+
+
+def _stderr_warning(message):
+    """Print ``layergraph: warning: ...`` on stderr without breaking a tqdm bar."""
+    from tqdm import tqdm
+    tqdm.write(f"layergraph: warning: {message}", file=sys.stderr)
+
+
+def _fit(im, size, resize):
+    """Resize a Pillow image to ``size`` (height, width).
+
+    ``squash``: both sides scaled independently to the target (Caffe's
+    convert_imageset ``--resize_height/--resize_width``; SSD-Caffe's WARP).
+    ``crop``: scaled by :math:`s = \\max(H/h, W/w)` so the short side fits,
+    keeping the aspect ratio, then the centre :math:`H \\times W` cut out.
+    ``pad``: scaled by :math:`s = \\min(H/h, W/w)` so the whole image fits,
+    keeping the aspect ratio, then centred on a zero (black) canvas.
+    Resampling is Pillow's bilinear filter; an image already of the target
+    size is returned untouched (so are, under ``crop`` and ``pad``, images
+    that only need cutting or padding: their pixels are copied exactly).
+    """
     from PIL import Image
+    h, w = size
+    iw, ih = im.size
+    if (iw, ih) == (w, h):
+        return im
+    if resize == "squash":
+        return im.resize((w, h), Image.BILINEAR)
+    if resize == "crop":
+        scale = max(w / iw, h / ih)
+        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+    else:
+        scale = min(w / iw, h / ih)
+        nw, nh = min(w, max(1, round(iw * scale))), min(h, max(1, round(ih * scale)))
+    if (nw, nh) != (iw, ih):
+        im = im.resize((nw, nh), Image.BILINEAR)
+    if resize == "crop":
+        left, top = (nw - w) // 2, (nh - h) // 2
+        return im.crop((left, top, left + w, top + h))
+    canvas = Image.new(im.mode, (w, h), 0)
+    canvas.paste(im, ((w - nw) // 2, (h - nh) // 2))
+    return canvas
+
+
+def _load_image(path, size, channels, resize="squash"):
+    """Decode one image file to uint8 (C, H, W): EXIF orientation applied (as
+    OpenCV's imread does for Caffe), converted to gray (``channels`` 1) or RGB
+    (3), fitted to ``size`` (height, width; None: kept) by ``resize``.  An
+    unreadable or undecodable file is a one-line DataError naming it."""
+    from PIL import ImageOps
+    im = _open_image(path)
     try:
-        with Image.open(path) as im:
+        with im:
             im.load()
+            try:
+                im = ImageOps.exif_transpose(im)
+            except Exception:  # a damaged EXIF block leaves the pixels usable
+                pass
             im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            if size is not None:
+                im = _fit(im, size, resize)
             arr = np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # Pillow raises many types for bad data
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})") from None
+    except Exception as e:  # truncated data, bad tiles, ...
+        raise _decode_error(path, e) from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def import_images(directory, name, size=None, channels=1, test_fraction=0.2, seed=0,
-                  root=None, overwrite=False):
-    """Create dataset ``name`` from a folder with one sub-folder per label.
+def _subfolders(directory):
+    return sorted(e.name for e in os.scandir(directory)
+                  if e.is_dir() and not e.name.startswith("."))
 
-    Sub-folders named by integers give those labels; otherwise the sorted
-    folder names are numbered 0..L-1 (names kept in the catalog).  Images
-    (PNG/JPEG) are converted to ``channels`` (1 gray, 3 RGB) and resized to
-    ``size`` (height, width; default: the first image's size).  Per label, a
-    ``test_fraction`` share chosen with ``seed`` goes to the testing split
-    (at least one image stays in training); records are stored shuffled.
+
+def _label_folders(directory):
+    """{label folder name: [image paths]} of a folder of label sub-folders.
+    Files without an image extension are returned apart (ignored)."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: no such directory")
+    folders = _subfolders(directory)
+    if not folders:
+        raise DataError(f"{directory}: no label sub-folders (expected one folder per label, "
+                        f"e.g. {os.path.join(directory, '0', 'a.png')})")
+    files, ignored = {}, []
+    for folder in folders:
+        path = os.path.join(directory, folder)
+        found = []
+        for entry in sorted(os.scandir(path), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            (found if entry.name.lower().endswith(IMAGE_EXTS) else ignored).append(entry.path)
+        if not found:
+            raise DataError(f"{path}: no PNG/JPEG images in this label folder (image files "
+                            f"end in {', '.join(IMAGE_EXTS)})")
+        files[folder] = found
+    return files, ignored
+
+
+def _folder_label_values(names):
+    """Label folder names -> label values: folders all named by integers keep
+    those values; otherwise the sorted names are numbered 0..L-1."""
+    names = sorted(set(names))
+    if all(n.isdigit() for n in names):
+        return {n: int(n) for n in names}
+    return {n: i for i, n in enumerate(names)}
+
+
+def find_split_folders(directory):
+    """(training folder, testing folder) when ``directory`` holds exactly one
+    training folder (``train``/``training``) and one testing folder
+    (``test``/``testing``/``val``/``validation``) and nothing else; None when
+    it holds label folders.  Only split names but not such a pair (train,
+    val and test; train alone) is an error: which to use is the user's call."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: no such directory")
+    folders = _subfolders(directory)
+    roles = [SPLIT_FOLDER_NAMES.get(f.lower()) for f in folders]
+    if not folders or None in roles:
+        return None
+    if sorted(roles) == ["testing", "training"]:
+        by_role = dict(zip(roles, folders))
+        return (os.path.join(directory, by_role["training"]),
+                os.path.join(directory, by_role["testing"]))
+    raise DataError(f"{directory}: holds the split folders {', '.join(folders)} but not "
+                    "exactly one training and one testing folder; give --train-dir and "
+                    "--test-dir")
+
+
+def read_list_file(path, root=None):
+    """Entries ``[(image path, label), ...]`` of a Caffe convert_imageset list
+    file: one ``relative/path label`` a line, the label the integer after the
+    last blank (paths may hold spaces), paths relative to ``root`` (default:
+    the list file's folder; an absolute path stays as it is).  Blank lines
+    and ``#`` comments are skipped; anything else is a one-line error naming
+    the file and line."""
+    root = os.path.dirname(os.path.abspath(path)) if root is None else root
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the list file ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text list file (expected 'path label' lines in "
+                        "UTF-8)") from None
+    entries = []
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.rsplit(None, 1)
+        if len(parts) != 2:
+            raise DataError(f"{path}:{lineno}: expected 'PATH LABEL', got {text!r}")
+        name, label = parts
+        try:
+            value = int(label)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the label {label!r} is not an integer") from None
+        if not -2 ** 31 <= value < 2 ** 31:
+            raise DataError(f"{path}:{lineno}: the label {value} does not fit a Datum's "
+                            "int32 label")
+        entries.append((os.path.join(root, name), value))
+    if not entries:
+        raise DataError(f"{path}: no 'path label' lines in the list file")
+    return entries
+
+
+def _split_by_fraction(entries, test_fraction, rng):
+    """Per label, a ``test_fraction`` share drawn with ``rng`` goes to testing
+    (at least one image stays in training); each split keeps the entries'
+    order.  Returns {split: [entry, ...]}."""
+    positions = {}
+    for i, (_, label) in enumerate(entries):
+        positions.setdefault(label, []).append(i)
+    chosen = {s: [] for s in SPLITS}
+    for label in sorted(positions):
+        members = np.asarray(positions[label])
+        n = len(members)
+        n_test = min(int(round(n * test_fraction)), n - 1)
+        order = rng.permutation(n)
+        chosen["testing"].extend(members[np.sort(order[:n_test])].tolist())
+        chosen["training"].extend(members[np.sort(order[n_test:])].tolist())
+    return {s: [entries[i] for i in chosen[s]] for s in SPLITS}
+
+
+def _gather(directory, train_dir, test_dir, list_file, test_list, list_root, test_fraction,
+            seed, rng, warn):
+    """The entries of each split, the label names and a description of the
+    source; see :func:`import_images`."""
+    given = [what for what, value in (("a folder", directory),
+                                      ("split folders", train_dir or test_dir),
+                                      ("a list file", list_file or test_list)) if value]
+    if len(given) != 1:
+        raise DataError("images: give one source: --dir DIR, or --train-dir and --test-dir, "
+                        "or --list FILE" + (f" (got {' and '.join(given)})" if given else ""))
+    if (train_dir is None) != (test_dir is None):
+        raise DataError("images: --train-dir and --test-dir go together")
+    if test_list is not None and list_file is None:
+        raise DataError("images: --test-list needs --list (the training list)")
+    if list_root is not None and list_file is None:
+        raise DataError("images: --root applies to --list files")
+    if directory is not None:
+        pair = find_split_folders(directory)
+        if pair is not None:
+            train_dir, test_dir = pair
+    pre_split = train_dir is not None or test_list is not None
+    if pre_split and test_fraction is not None:
+        raise DataError("images: --test-fraction splits a source that is not split already; "
+                        "these images come with their testing split")
+    test_fraction = 0.2 if test_fraction is None else test_fraction
+    if not 0 <= test_fraction < 1:
+        raise DataError(f"images: the test fraction must be in [0, 1), got {test_fraction}")
+    ignored, names = [], None
+    if list_file is not None:
+        entries = read_list_file(list_file, list_root)
+        if test_list is not None:
+            parts = {"training": entries, "testing": read_list_file(test_list, list_root)}
+            origin = (f"list files {os.path.abspath(list_file)} (training) and "
+                      f"{os.path.abspath(test_list)} (testing)")
+        else:
+            parts = _split_by_fraction(entries, test_fraction, rng)
+            origin = (f"list file {os.path.abspath(list_file)} (test fraction "
+                      f"{test_fraction}, seed {seed})")
+    elif train_dir is not None:
+        files = {}
+        for split, folder in (("training", train_dir), ("testing", test_dir)):
+            files[split], skipped = _label_folders(folder)
+            ignored += skipped
+        labels = _folder_label_values(list(files["training"]) + list(files["testing"]))
+        parts = {s: [(p, labels[f]) for f in sorted(files[s]) for p in files[s][f]]
+                 for s in SPLITS}
+        names = {v: k for k, v in labels.items()}
+        origin = (f"split folders {os.path.abspath(train_dir)} (training) and "
+                  f"{os.path.abspath(test_dir)} (testing)")
+    else:
+        files, ignored = _label_folders(directory)
+        labels = _folder_label_values(files)
+        entries = [(p, labels[f]) for f in sorted(files) for p in files[f]]
+        parts = _split_by_fraction(entries, test_fraction, rng)
+        names = {v: k for k, v in labels.items()}
+        origin = (f"images in {os.path.abspath(directory)} (test fraction {test_fraction}, "
+                  f"seed {seed})")
+    if ignored:
+        shown = ", ".join(ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3
+                                          else "")
+        warn(f"ignored {len(ignored)} file{'s' * (len(ignored) != 1)} without an image "
+             f"extension: {shown}")
+    return parts, names, origin
+
+
+def import_images(directory, name, size=None, channels=1, test_fraction=None, seed=0,
+                  root=None, overwrite=False, *, train_dir=None, test_dir=None,
+                  list_file=None, test_list=None, list_root=None, resize="squash",
+                  shuffle=None, on_bad="error", warn=None, progress=False):
+    """Create dataset ``name`` from image files, as users hold them:
+
+    * ``directory`` with one sub-folder per label: per label, a
+      ``test_fraction`` share (default 0.2) chosen with ``seed`` goes to the
+      testing split (at least one image stays in training);
+    * ``directory`` holding exactly ``train``/``training`` and
+      ``test``/``testing``/``val`` folders of label sub-folders, or the two
+      given as ``train_dir`` and ``test_dir``: the split is kept;
+    * ``list_file`` (Caffe's convert_imageset list: ``path label`` a line,
+      paths relative to ``list_root``, default the list's folder; see
+      :func:`read_list_file`), with ``test_list`` for the testing split or
+      else split by ``test_fraction``.
+
+    Label folders all named by integers give those labels; otherwise the
+    sorted folder names (of both splits) are numbered 0..L-1 and the names
+    kept in the catalog (``label_names``).  List files give their integers.
+
+    Images (PNG, JPEG, BMP, GIF, TIFF, WebP, PNM) are converted to
+    ``channels`` (1 gray, 3 RGB) and fitted to ``size`` (height, width;
+    default: the first image's size) by ``resize``: ``squash``, ``crop`` or
+    ``pad`` (see :func:`_fit`).  ``shuffle`` stores each split's records in
+    an order drawn with ``seed``; None shuffles folders (whose order, label
+    after label, must not reach a sequential reader) and keeps a list file's
+    order, as Caffe does.  A file that cannot be read or decoded raises a
+    one-line DataError (``on_bad="error"``) or, with ``on_bad="skip"``, is
+    named through ``warn`` (default: a line on stderr) and left out.
+    ``progress`` shows a tqdm bar on stderr (None: when stderr is a terminal).
+    Nothing is written unless the whole dataset is.
     """
     check_name(name)
     if channels not in (1, 3):
         raise DataError(f"images: --channels must be 1 or 3, got {channels}")
-    if not 0 <= test_fraction < 1:
-        raise DataError(f"images: the test fraction must be in [0, 1), got {test_fraction}")
+    if resize not in RESIZE_MODES:
+        raise DataError(f"images: unknown resize mode {resize!r}; use "
+                        f"{', '.join(RESIZE_MODES)}")
+    if on_bad not in BAD_FILE_MODES:
+        raise DataError(f"images: on_bad must be one of {BAD_FILE_MODES}, got {on_bad!r}")
     if size is not None:
         _check_size(size)
-    if not os.path.isdir(directory):
-        raise DataError(f"{directory}: no such directory")
-    folders = sorted(d for d in os.listdir(directory)
-                     if not d.startswith(".") and os.path.isdir(os.path.join(directory, d)))
-    if not folders:
-        raise DataError(f"{directory}: no label sub-folders (expected one folder per label, "
-                        f"e.g. {os.path.join(directory, '0', 'a.png')})")
-    if all(f.isdigit() for f in folders):
-        labels = {f: int(f) for f in folders}
-    else:
-        labels = {f: i for i, f in enumerate(folders)}
-    files = {}
-    for folder in folders:
-        path = os.path.join(directory, folder)
-        found = sorted(f for f in os.listdir(path)
-                       if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."))
-        if not found:
-            raise DataError(f"{path}: no PNG/JPEG images in this label folder")
-        files[folder] = [os.path.join(path, f) for f in found]
-    if size is None:
-        first = files[folders[0]][0]
-        size = _image_size(first)
-        if max(size) > MAX_SIDE:
-            raise DataError(f"{first}: the first image is {size[0]}x{size[1]}, but dataset "
-                            f"images are at most {MAX_SIDE}x{MAX_SIDE}; give --size "
-                            "HEIGHTxWIDTH to resize")
-    size = tuple(int(v) for v in size)
+    warn = warn or _stderr_warning
     # the split and the order are drawn before any pixel is read, then images
     # are decoded and written chunk by chunk: memory stays at one chunk
     rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF]))
-    parts = {s: ([], []) for s in SPLITS}
-    for folder in folders:
-        paths = np.array(files[folder], dtype=object)
-        n = len(paths)
-        n_test = min(int(round(n * test_fraction)), n - 1)
-        order = rng.permutation(n)
-        for split, idx in (("testing", np.sort(order[:n_test])),
-                           ("training", np.sort(order[n_test:]))):
-            parts[split][0].extend(paths[idx].tolist())
-            parts[split][1].extend([labels[folder]] * len(idx))
+    parts, names, origin = _gather(directory, train_dir, test_dir, list_file, test_list,
+                                   list_root, test_fraction, seed, rng, warn)
+    if shuffle is None:
+        shuffle = list_file is None
+    bad = []
+
+    def skip(error):
+        if on_bad == "error":
+            raise error
+        bad.append(str(error))
+        if len(bad) <= _NAMED_BAD_FILES:
+            warn(f"skipped {error}")
+
+    if size is None:
+        for path, _ in parts["training"] + parts["testing"]:
+            try:
+                size = _image_size(path)
+                break
+            except DataError as e:
+                skip(e)  # decoding it again later must not name it twice
+                parts = {s: [(p, y) for p, y in parts[s] if p != path] for s in SPLITS}
+        if size is None:
+            raise DataError(f"dataset '{name}': none of the images can be decoded")
+        if max(size) > MAX_SIDE:
+            raise DataError(f"{path}: the first image is {size[0]}x{size[1]}, but dataset "
+                            f"images are at most {MAX_SIDE}x{MAX_SIDE}; give --size "
+                            "HEIGHTxWIDTH to resize")
+    size = tuple(int(v) for v in size)
     shape = (channels,) + size
-    _check_budget(f"dataset '{name}'", sum(len(parts[sp][0]) for sp in SPLITS), shape, root)
+    total = sum(len(parts[sp]) for sp in SPLITS)
+    _check_budget(f"dataset '{name}'", total, shape, root)
     step = _chunk_len(int(np.prod(shape)))
-    with DatasetWriter(name, root, overwrite) as writer:
-        for split in SPLITS:
-            paths, lab = parts[split]
-            shuffle = rng.permutation(len(paths))
-            if not len(paths):
-                writer.add(split, np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
-            for start in range(0, len(paths), step):
-                chunk = shuffle[start:start + step]
-                writer.add(split, np.stack([_load_image(paths[i], size, channels)
-                                            for i in chunk]),
-                           np.asarray([lab[i] for i in chunk], np.int64))
-        writer.label_names = {v: k for k, v in labels.items()}
-        writer.meta["origin"] = (f"images in {os.path.abspath(directory)} "
-                                 f"(test fraction {test_fraction}, seed {seed})")
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=f"dataset {name}", unit="img", file=sys.stderr,
+               disable=None if progress is None else not progress)
+    written = {s: 0 for s in SPLITS}
+    try:
+        with DatasetWriter(name, root, overwrite) as writer:
+            for split in SPLITS:
+                entries = parts[split]
+                order = rng.permutation(len(entries)) if shuffle else np.arange(len(entries))
+                for start in range(0, len(entries), step):
+                    images, labels = [], []
+                    for i in order[start:start + step]:
+                        path, label = entries[i]
+                        try:
+                            images.append(_load_image(path, size, channels, resize))
+                            labels.append(label)
+                        except DataError as e:
+                            skip(e)
+                        bar.update(1)
+                    if images:
+                        writer.add(split, np.stack(images), np.asarray(labels, np.int64))
+                        written[split] += len(images)
+                if not written[split]:  # an empty split still has the shape
+                    writer.add(split, np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
+            if not written["training"]:
+                raise DataError(f"dataset '{name}': no training image could be decoded "
+                                f"({len(bad)} bad files)")
+            if names:
+                writer.label_names = names
+            notes = [f"{channels} channel{'s' * (channels != 1)}", f"resize {resize}",
+                     f"shuffled with seed {seed}" if shuffle else "order kept"]
+            if bad:
+                notes.append(f"{len(bad)} bad file{'s' * (len(bad) != 1)} skipped")
+                writer.meta["skipped_files"] = bad[:100]
+            writer.meta["origin"] = f"{origin}; " + ", ".join(notes)
+    finally:
+        bar.close()
+    if len(bad) > _NAMED_BAD_FILES:
+        warn(f"skipped {len(bad)} files that are not decodable images in all (the first "
+             f"{_NAMED_BAD_FILES} named above)")
+    for split in SPLITS:
+        lost = sorted({y for _, y in parts[split]} - {int(k) for k in
+                                                      writer.info["sources"][split]
+                                                      ["label_counts"]})
+        if lost:
+            warn(f"label{'s' * (len(lost) != 1)} {', '.join(map(str, lost))} lost every "
+                 f"{split} image to bad files")
     return writer.info
 
 
@@ -401,15 +701,37 @@ def _check_size(size):
                         "memory)")
 
 
-def _image_size(path):
-    """(height, width) of an image file, from its header (no pixels decoded)."""
+def _open_image(path):
+    """Pillow's lazy open of an image file; a missing, unreadable or
+    unrecognised file is a one-line DataError naming it."""
     from PIL import Image
     try:
-        with Image.open(path) as im:
-            w, h = im.size
+        return Image.open(path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     except Exception as e:  # Pillow raises many types for bad data
-        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())})") from None
+        raise _decode_error(path, e) from None
+
+
+def _decode_error(path, exc):
+    from PIL import UnidentifiedImageError
+    if isinstance(exc, UnidentifiedImageError):  # its message repeats the path
+        return DataError(f"{path}: cannot decode image (not an image format Pillow knows)")
+    return DataError(f"{path}: cannot decode image ({type(exc).__name__}: "
+                     f"{' '.join(str(exc).split())})")
+
+
+def _image_size(path):
+    """(height, width) of an image file as decoded (EXIF orientation applied),
+    from its header (no pixels decoded)."""
+    im = _open_image(path)
+    try:
+        with im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+    except Exception as e:  # a damaged header
+        raise _decode_error(path, e) from None
     return h, w
 
 

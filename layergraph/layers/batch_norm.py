@@ -49,7 +49,7 @@ class BatchNormLayer(Layer):
     def setup(self, bottom, top):
         p = self.param.batch_norm_param
         self.moving_average_fraction = float(p.moving_average_fraction)
-        self.use_global_stats = self.phase == pb.TEST
+        self.use_global_stats = self.phase != pb.TRAIN  # TEST and the RUN (deploy) net
         if p.HasField("use_global_stats"):
             self.use_global_stats = bool(p.use_global_stats)
         self.eps = float(p.eps)

@@ -5,10 +5,10 @@ with MyCaffe's extensions:
 
 * source / backend: ``backend: IMAGEDB`` reads dataset source
   ``<DATASET>.training`` / ``<DATASET>.testing`` from the image database
-  ($LAYERGRAPH_DB or ~/.layergraph/imagedb); ``backend: LMDB`` reads an LMDB
-  folder written by BVLC Caffe's tools (a dataset source name works too);
-  ``LEVELDB`` is refused with a hint to convert.  Backend unset: whichever of
-  the two the source is.
+  (the Net's ``db``, else $LAYERGRAPH_DB, else ~/.layergraph/imagedb);
+  ``backend: LMDB`` reads an LMDB folder written by BVLC Caffe's tools (a
+  dataset source name works too); ``LEVELDB`` is refused with a hint to
+  convert.  Backend unset: whichever of the two the source is.
 * order: database order (wrapping around, optional ``rand_skip``), or with
   ``enable_random_selection`` a fresh random permutation each epoch;
   ``labels_per_batch`` P x ``images_per_label`` K gives label-balanced
@@ -621,7 +621,9 @@ class DataLayer(Layer):
         backend = self._BACKENDS[dp.backend] if dp.HasField("backend") else None
         self._res.close()  # set up again: release the previous source
         try:
-            source = self._res.source = open_source(dp.source, backend)
+            # the image database root: the Net's db= (Python API), else $LAYERGRAPH_DB
+            source = self._res.source = open_source(dp.source, backend,
+                                                    root=getattr(self.net, "db", None))
         except LayergraphError as e:
             raise type(e)(f"layer '{self.name}' ({self.type}): {e}") from None
         transform = _Transform(self, self.param.transform_param, dp, source)

@@ -10,8 +10,30 @@ import os
 from ..errors import LayergraphError
 
 
-TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "model_templates")
+def _holds_templates(folder):
+    return os.path.isdir(folder) and any(
+        os.path.isfile(os.path.join(folder, d, "train_val.prototxt")) for d in os.listdir(folder))
+
+
+def template_dir():
+    """The folder of the templates: the repository's ``model_templates/`` in a
+    source checkout (edits there show at once), else the copy installed as
+    package data, ``layergraph/model_templates/`` (setup.py maps one to the
+    other, as it maps ``kernels/`` to ``layergraph/cuda_kernels/``).  None
+    when neither holds a template."""
+    from importlib import resources
+    package = resources.files("layergraph")
+    checkout = os.path.join(os.path.dirname(str(package)), "model_templates")
+    installed = package / "model_templates"
+    for candidate in (checkout, installed):
+        # a wheel installs into a directory, so the Traversable is a real path
+        if isinstance(candidate, (str, os.PathLike)) and _holds_templates(candidate):
+            return os.fspath(candidate)
+    return None
+
+
+TEMPLATE_DIR = template_dir() or os.path.join(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))), "model_templates")
 
 
 def list_templates():
