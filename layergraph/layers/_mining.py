@@ -269,3 +269,18 @@ def mine_triplets(xp, miner, dist, pos, neg, margin, soft, uniform=None):
         return _explicit(xp, dist, anchor, positive, order[rows[:, None], pick], valid, units,
                          margin, soft)
     raise ValueError(f"unknown miner {miner!r}")
+
+
+def reshape_batch_loss(layer, bottom, top):
+    """The shapes every loss on one batch of embeddings checks: bottoms
+    (B, ...) embeddings and (B,) or (B, 1) labels; scalar tops (the loss and
+    the optional active fraction)."""
+    x, label = bottom
+    if x.num_axes < 1:
+        raise layer.shape_error(f"embeddings must be (B, ...), got {x.shape}")
+    n = x.shape[0]
+    if label.num_axes == 0 or label.shape[0] != n or label.count != n:
+        raise layer.shape_error(
+            f"labels {label.shape} must be (B,) or (B, 1) for embeddings {x.shape}")
+    for t in top:
+        t.reshape(())

@@ -123,7 +123,7 @@ class RecurrentLayer(Layer):
         self._cache = None
 
     def _make_recurrent_params(self, p):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _make_recurrent_params()")
 
     def _check_sequence(self, bottom):
         x, cont = bottom[0], bottom[1]
@@ -199,7 +199,7 @@ class RecurrentLayer(Layer):
     def _run(self, projection, cont, initial):
         """Forward over time; returns (output (T, N, H), final states) and
         keeps what backward needs in ``self._cache``."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _run()")
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
@@ -234,4 +234,4 @@ class RecurrentLayer(Layer):
     def _backprop(self, output_diff, final_diffs, cont):
         """Backward through time; returns (dE/dprojection (T, N, gates),
         dE/d initial states)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _backprop()")

@@ -77,16 +77,7 @@ class OnlineContrastiveLoss(Layer):
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
-        x, label = bottom
-        if x.num_axes < 1:
-            raise self.shape_error(f"embeddings must be (B, ...), got {x.shape}")
-        n = x.shape[0]
-        if label.num_axes == 0 or label.shape[0] != n or label.count != n:
-            raise self.shape_error(
-                f"labels {label.shape} must be (B,) or (B, 1) for embeddings {x.shape}")
-        top[0].reshape(())
-        if len(top) > 1:
-            top[1].reshape(())
+        _mining.reshape_batch_loss(self, bottom, top)
 
     # ---------------------------------------------------------- forward --
     def forward(self, bottom, top):
