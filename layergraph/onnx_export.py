@@ -360,27 +360,28 @@ def _power(g, L):
         g.node("Pow", [x, g.const(f"{L.name}/power", layer.power)], L.y, name=L.name)
 
 
+def _scaled_unary(g, L, op, x, factor):
+    """y = factor * op(x), the Mul left out when factor is 1."""
+    if factor == 1:
+        g.node(op, [x], L.y, name=L.name)
+    else:
+        g.node("Mul", [g.node(op, [x], 1, name=L.name),
+                       g.const(f"{L.name}/factor", factor)], L.y, name=L.name)
+
+
 @exporter("Exp")
 def _exp(g, L):
     """y = outer * exp(inner * x), inner = ln(base) scale, outer = base^shift."""
     layer = L.layer
     x = _affine(g, L, L.x[0], layer.inner_scale, 0.0)
-    if layer.outer_scale == 1:
-        g.node("Exp", [x], L.y, name=L.name)
-    else:
-        g.node("Mul", [g.node("Exp", [x], 1, name=L.name),
-                       g.const(f"{L.name}/outer", layer.outer_scale)], L.y, name=L.name)
+    _scaled_unary(g, L, "Exp", x, layer.outer_scale)
 
 
 @exporter("Log")
 def _log(g, L):
     layer = L.layer
     x = _affine(g, L, L.x[0], layer.input_scale, layer.input_shift)
-    if layer.base_scale == 1:
-        g.node("Log", [x], L.y, name=L.name)
-    else:
-        g.node("Mul", [g.node("Log", [x], 1, name=L.name),
-                       g.const(f"{L.name}/base_scale", layer.base_scale)], L.y, name=L.name)
+    _scaled_unary(g, L, "Log", x, layer.base_scale)
 
 
 @exporter("Normalize")
