@@ -74,6 +74,33 @@ def window_geometry(layer, p):
                  for what in ("kernel", "stride", "pad", "dilation"))
 
 
+def read_convolution_param(layer, bottom, top):
+    """Read a ConvolutionParameter into ``layer`` -- num_output, kernel,
+    stride, pad, dilation, group, channels, bias_term -- with Caffe's checks
+    (Convolution and Deconvolution read it alike); returns the parameter."""
+    p = layer.param.convolution_param
+    if p.axis != 1:
+        raise layer.error(f"axis {p.axis} is not supported: the channel axis must be 1")
+    if bottom[0].num_axes != 4:
+        raise layer.shape_error(
+            f"needs a 4-D bottom (N, C, H, W) (2-D spatial convolution only), "
+            f"got shape {bottom[0].shape}")
+    if top[0] is bottom[0]:
+        raise layer.error("in-place computation is not supported")
+    layer.num_output = int(p.num_output)
+    if layer.num_output <= 0:
+        raise layer.error("num_output must be > 0")
+    layer.kernel, layer.stride, layer.pad, layer.dilation = window_geometry(layer, p)
+    layer.group = int(p.group)
+    layer.channels = bottom[0].shape[1]
+    if layer.group <= 0 or layer.channels % layer.group or layer.num_output % layer.group:
+        raise layer.error(
+            f"group {layer.group} must divide both the input channels ({layer.channels}) "
+            f"and num_output ({layer.num_output})")
+    layer.bias_term = bool(p.bias_term)
+    return p
+
+
 @register_layer("Convolution")
 class Convolution(Layer):
     exact_bottoms = 1
@@ -81,26 +108,7 @@ class Convolution(Layer):
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
-        p = self.param.convolution_param
-        if p.axis != 1:
-            raise self.error(f"axis {p.axis} is not supported: the channel axis must be 1")
-        if bottom[0].num_axes != 4:
-            raise self.shape_error(
-                f"needs a 4-D bottom (N, C, H, W) (2-D spatial convolution only), "
-                f"got shape {bottom[0].shape}")
-        if top[0] is bottom[0]:
-            raise self.error("in-place computation is not supported")
-        self.num_output = int(p.num_output)
-        if self.num_output <= 0:
-            raise self.error("num_output must be > 0")
-        self.kernel, self.stride, self.pad, self.dilation = window_geometry(self, p)
-        self.group = int(p.group)
-        self.channels = bottom[0].shape[1]
-        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
-            raise self.error(
-                f"group {self.group} must divide both the input channels ({self.channels}) "
-                f"and num_output ({self.num_output})")
-        self.bias_term = bool(p.bias_term)
+        p = read_convolution_param(self, bottom, top)
         kh, kw = self.kernel
         self.blobs = [self.make_blob(
             (self.num_output, self.channels // self.group, kh, kw), p.weight_filler)]

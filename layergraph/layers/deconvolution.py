@@ -1,7 +1,7 @@
 """Deconvolution: the transpose of Convolution (Caffe's DeconvolutionLayer)."""
 from ..layer import Layer, register_layer
 from ._im2col import col2im, im2col, matmul_accumulate
-from .convolution import window_geometry
+from .convolution import read_convolution_param
 
 
 @register_layer("Deconvolution")
@@ -38,25 +38,7 @@ class DeconvolutionLayer(Layer):
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
-        p = self.param.convolution_param
-        if p.axis != 1:
-            raise self.error(f"axis {p.axis} is not supported: the channel axis must be 1")
-        if bottom[0].num_axes != 4:
-            raise self.shape_error(f"needs a 4-D bottom (N, C, H, W) (2-D spatial only), "
-                                   f"got shape {bottom[0].shape}")
-        if top[0] is bottom[0]:
-            raise self.error("in-place computation is not supported")
-        self.num_output = int(p.num_output)
-        if self.num_output <= 0:
-            raise self.error("num_output must be > 0")
-        self.kernel, self.stride, self.pad, self.dilation = window_geometry(self, p)
-        self.group = int(p.group)
-        self.channels = bottom[0].shape[1]
-        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
-            raise self.error(
-                f"group {self.group} must divide both the input channels ({self.channels}) "
-                f"and num_output ({self.num_output})")
-        self.bias_term = bool(p.bias_term)
+        p = read_convolution_param(self, bottom, top)
         kh, kw = self.kernel
         self.blobs = [self.make_blob(
             (self.channels, self.num_output // self.group, kh, kw), p.weight_filler)]
