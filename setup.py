@@ -39,7 +39,7 @@ setup(
                  "layergraph.model_templates": "model_templates"},
     package_data={
         "layergraph.imagedb": ["mnist_sample/*"],
-        "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md"],
+        "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md", "cpu/*.cpp"],
         "layergraph.model_templates": ["*/*"],  # every file of each template
     },
     python_requires=">=3.9",

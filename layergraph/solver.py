@@ -320,6 +320,7 @@ class Solver:
         self.last_snapshot_iter = None
         self.log_path = None
         self.history = []
+        self._work_buffers = {}  # param index -> scratch arrays of the update
         self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
         self.tensorboard = None
         if self.param.tensorboard_dir:  # before the nets: a missing tensorboardX fails fast
@@ -445,12 +446,14 @@ class Solver:
                 g *= 1.0 / p.iter_size
             local_decay = p.weight_decay * self.net.params_weight_decay[i]
             if local_decay:
+                decay = self._work(i)[0]
                 if p.regularization_type == "L2":
-                    g += local_decay * blob.data
+                    blob.xp.multiply(blob.data, local_decay, out=decay)
                 else:
-                    g += local_decay * blob.xp.sign(blob.data)
-            update = self.compute_update(i, n, g, rate * lr_mult)
-            blob.data[...] -= update
+                    blob.xp.sign(blob.data, out=decay)
+                    decay *= local_decay
+                g += decay
+            blob.data -= self.compute_update(i, n, g, rate * lr_mult)
         self.iter += 1
 
     def apply_update_kernels(self, rate):
@@ -497,42 +500,76 @@ class Solver:
             self.backend.launch(kernel, (blob.count, *arrays, clip_scale, iter_scale, reg,
                                          local_decay, *rule), n=blob.count)
 
+    def _work(self, i):
+        """Two scratch arrays shaped like learnable parameter ``i``, allocated
+        once: the update runs in place, with no per-step temporaries."""
+        work = self._work_buffers.get(i)
+        if work is None:
+            blob = self.net.learnable_params[i]
+            work = self._work_buffers[i] = (blob.xp.empty_like(blob.data),
+                                            blob.xp.empty_like(blob.data))
+        return work
+
     def compute_update(self, i, n, g, lr):
-        """The update value for learnable parameter ``i`` (see module doc)."""
+        """The update value for learnable parameter ``i`` (see module doc),
+        returned in a scratch array (valid until the next call).  Written
+        with ``out=`` operations in the order of the formulas, so each step
+        rounds exactly as the plain expressions would (python scalars are
+        rounded to float32 first, NumPy's rule)."""
         p, xp = self.param, self.net.xp
         h = self.history[i]
-        if self.type == "SGD":
+        s1, s2 = self._work(i)
+        if self.type == "SGD":            # h = m h + lr g
             h *= p.momentum
-            h += lr * g
+            h += xp.multiply(g, lr, out=s1)
             return h
-        if self.type == "Nesterov":
-            prev = h.copy()
+        if self.type == "Nesterov":       # u = (1 + m) h_new - m h_old
+            xp.copyto(s2, h)
             h *= p.momentum
-            h += lr * g
-            return (1.0 + p.momentum) * h - p.momentum * prev
-        if self.type == "AdaGrad":
-            h += g * g
-            return lr * g / (xp.sqrt(h) + p.delta)
-        if self.type == "RMSProp":
-            h *= p.rms_decay
-            h += (1.0 - p.rms_decay) * g * g
-            return lr * g / (xp.sqrt(h) + p.delta)
+            h += xp.multiply(g, lr, out=s1)
+            xp.multiply(h, 1.0 + p.momentum, out=s1)
+            s1 -= xp.multiply(s2, p.momentum, out=s2)
+            return s1
+        if self.type in ("AdaGrad", "RMSProp"):
+            if self.type == "AdaGrad":    # h += g^2
+                h += xp.multiply(g, g, out=s1)
+            else:                         # h = d h + (1 - d) g^2
+                h *= p.rms_decay
+                xp.multiply(g, 1.0 - p.rms_decay, out=s1)
+                h += xp.multiply(s1, g, out=s1)
+            xp.multiply(g, lr, out=s1)    # u = lr g / (sqrt(h) + delta)
+            xp.sqrt(h, out=s2)
+            s2 += p.delta
+            s1 /= s2
+            return s1
         h2 = self.history[i + n]
         if self.type == "AdaDelta":
-            h *= p.momentum
-            h += (1.0 - p.momentum) * g * g
-            v = g * xp.sqrt(h2 + p.delta) / xp.sqrt(h + p.delta)
-            h2 *= p.momentum
-            h2 += (1.0 - p.momentum) * v * v
-            return lr * v
+            h *= p.momentum               # h = m h + (1 - m) g^2
+            xp.multiply(g, 1.0 - p.momentum, out=s1)
+            h += xp.multiply(s1, g, out=s1)
+            xp.add(h2, p.delta, out=s1)   # v = g sqrt(h2 + delta) / sqrt(h + delta)
+            xp.sqrt(s1, out=s1)
+            xp.multiply(g, s1, out=s1)
+            xp.add(h, p.delta, out=s2)
+            s1 /= xp.sqrt(s2, out=s2)
+            h2 *= p.momentum              # h2 = m h2 + (1 - m) v^2
+            xp.multiply(s1, 1.0 - p.momentum, out=s2)
+            h2 += xp.multiply(s2, s1, out=s2)
+            s1 *= lr                      # u = lr v
+            return s1
         if self.type == "Adam":
             b1, b2, t = p.momentum, p.momentum2, self.iter + 1
-            h *= b1
-            h += (1.0 - b1) * g
-            h2 *= b2
-            h2 += (1.0 - b2) * g * g
+            h *= b1                       # h = b1 h + (1 - b1) g
+            h += xp.multiply(g, 1.0 - b1, out=s1)
+            h2 *= b2                      # h2 = b2 h2 + (1 - b2) g^2
+            xp.multiply(g, 1.0 - b2, out=s1)
+            h2 += xp.multiply(s1, g, out=s1)
             correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-            return lr * correction * h / (xp.sqrt(h2) + p.delta)
+            xp.multiply(h, lr * correction, out=s1)   # u = lr c h / (sqrt(h2) + delta)
+            xp.sqrt(h2, out=s2)
+            s2 += p.delta
+            s1 /= s2
+            return s1
         raise SolverError(f"unknown solver type {self.type}")  # pragma: no cover
 
     # ---------------------------------------------------------- training --

@@ -5,6 +5,7 @@ check its backward pass against central differences (Caffe's GradientChecker).
 >>> tops[0]
 array([[0., 2.]])
 """
+import contextlib
 import numpy as np
 
 from .blob import Blob
@@ -135,7 +136,9 @@ def compare_backends(spec, bottom_arrays, backend="emu", num_tops=None, phase=pb
                      seed=0, backward=True, propagate=None, rtol=1e-4, atol=1e-5,
                      iterations=1, top_diffs=None, reference="cpu"):
     """Run one layer on the NumPy path (``reference``) and on ``backend``
-    (``emu``: the kernels on the CPU; ``gpu``: CuPy) from the same inputs and
+    (``emu``: the kernels on the CPU; ``gpu``: CuPy; ``cpu``: the cpu
+    backend with its compiled loops; ``numpy``: the cpu backend with the
+    compiled loops off, see layergraph.cpu_kernels) from the same inputs and
     the same seed, forward and backward, in float32; assert that every top,
     bottom gradient and parameter gradient agree within ``rtol`` relative
     to the largest magnitude of that array (plus ``atol``).
@@ -143,15 +146,17 @@ def compare_backends(spec, bottom_arrays, backend="emu", num_tops=None, phase=pb
     ``iterations`` > 1 repeats forward/backward (layers with running state:
     centroids, caches).  Returns a dict of array name -> max abs difference.
     """
+    from . import cpu_kernels
     from .backend import get_backend, to_numpy
     runs = []
     rng = np.random.default_rng(seed + 99)
     drawn = {}
     for which in (reference, backend):
-        be = get_backend(which)
+        be = get_backend("cpu" if which == "numpy" else which)
         layer = make_layer(spec, phase=phase, seed=seed, dtype=np.float32, backend=be)
-        bottom, top = setup_layer(layer, [np.asarray(a, np.float32) for a in bottom_arrays],
-                                  num_tops)
+        with cpu_kernels.disabled() if which == "numpy" else contextlib.nullcontext():
+            bottom, top = setup_layer(layer, [np.asarray(a, np.float32) for a in bottom_arrays],
+                                      num_tops)
         results = {}
         for it in range(iterations):
             for b, a in zip(bottom, bottom_arrays):

@@ -18,12 +18,20 @@ y = w (O, C*kh*kw) @ col (C*kh*kw, N*Ho*Wo).  Backward:
 
 (w^T @ dy is computed with its rows reordered tap-major, as col2im wants).
 
+Compiled CPU path (the cpu backend when layergraph.cpu_kernels can build
+kernels/cpu/window_ops.cpp): the same NCHW columns and products as the
+kernel path below, with im2col, col2im and the two layout changes as
+OpenMP loops over the cores -- one pass each where NumPy needs several.
+
 Kernel path (GPU and its emulation, kernels/im2col.cu): the same products
 on NCHW columns -- im2col kernel, GEMM per group (cuBLAS), one kernel adding
 the bias while transposing (O, N, Ho*Wo) to the top's (N, O, Ho, Wo);
 backward transposes dy back (summing the bias gradient in the same kernel),
 accumulates dw with a GEMM and gathers dx from w^T @ dy with col2im.
 """
+import numpy as np
+
+from .. import cpu_kernels
 from ..layer import Layer, register_layer
 from ._im2col import col2im, conv_out_size, im2col, matmul_accumulate
 
@@ -143,6 +151,16 @@ class Convolution(Layer):
         xp, dt = self.xp, self.dtype
         (ph, pw), (kh, kw) = self.pad, self.kernel
         self.out_size = (ho, wo)
+        self.cpu_loops = (not self.use_kernels and xp is np
+                          and cpu_kernels.available(dt))
+        if self.cpu_loops:    # NCHW columns, as the kernel path
+            (sh, sw), (dh, dw) = self.stride, self.dilation
+            self._window = (n, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo)
+            self._col = xp.empty((c * kh * kw, n * ho * wo), dtype=dt)
+            self._out = xp.empty((self.num_output, n * ho * wo), dtype=dt)
+            self._dcol = None                              # backward only
+            self._dw = xp.empty(self.blobs[0].shape, dtype=dt)
+            return
         if self.use_kernels:  # NCHW columns (C*kh*kw, N*Ho*Wo), rows (c, i, j)
             (sh, sw), (dh, dw) = self.stride, self.dilation
             self._window = (n, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo)
@@ -181,6 +199,9 @@ class Convolution(Layer):
         if self.use_kernels:  # kernels/im2col.cu
             self._forward_kernels(x, top[0].data)
             return
+        if self.cpu_loops:    # kernels/cpu/window_ops.cpp
+            self._forward_cpu_loops(x, top[0].data)
+            return
         if self._needs_buffer:
             xp.copyto(self._xpad[self._interior], x)
             x = self._xpad
@@ -191,6 +212,16 @@ class Convolution(Layer):
             xp.add(self._out_nchw, self.blobs[1].data[None, :, None, None], out=top[0].data)
         else:
             xp.copyto(top[0].data, self._out_nchw)
+
+    def _forward_cpu_loops(self, x, y):
+        """im2col -> GEMM per group -> bias + transpose to NCHW."""
+        dt = self.dtype
+        n, o = self._window[0], self.num_output
+        cpu_kernels.call("im2col", dt, x, *self._window, self._col)
+        self._matmul(self.blobs[0].data, self._col, self._out)
+        bias = self.blobs[1].data if self.bias_term else None
+        cpu_kernels.call("rows_to_nchw", dt, self._out, bias, n, o,
+                         self.out_size[0] * self.out_size[1], y)
 
     def _forward_kernels(self, x, y):
         """im2col -> GEMM per group -> bias + transpose to NCHW: 3 launches."""
@@ -218,6 +249,9 @@ class Convolution(Layer):
     def backward(self, top, propagate_down, bottom):
         if self.use_kernels:  # kernels/im2col.cu
             self._backward_kernels(top[0].diff, propagate_down[0], bottom[0].diff)
+            return
+        if self.cpu_loops:    # kernels/cpu/window_ops.cpp
+            self._backward_cpu_loops(top[0].diff, propagate_down[0], bottom[0].diff)
             return
         xp, g, o = self.xp, self.group, self.num_output
         dy = self._out                 # the forward output buffer is free now
@@ -259,6 +293,34 @@ class Convolution(Layer):
         if dx is not bottom[0].diff:
             xp.copyto(bottom[0].diff, dx[self._interior])
 
+
+    def _backward_cpu_loops(self, dy, propagate, dx):
+        """dy to GEMM rows (+ bias gradient, same pass) -> dw += GEMM per group
+        (through a reused buffer) -> dcol = w^T @ dy -> col2im."""
+        xp, g, o, dt = self.xp, self.group, self.num_output, self.dtype
+        n, plane = self._window[0], self.out_size[0] * self.out_size[1]
+        rows = self._out               # the forward output buffer is free now
+        dbias = self.blobs[1].diff if self.bias_term else None
+        cpu_kernels.call("nchw_to_rows", dt, dy, n, o, plane, rows, dbias)
+        weight = self.blobs[0]
+        cols = rows.shape[1]
+        rows_g = rows.reshape(g, o // g, cols)
+        col_g = self._col.reshape(g, -1, cols)
+        if g == 1:
+            xp.dot(rows, self._col.T, out=self._dw.reshape(o, -1))
+        else:
+            xp.matmul(rows_g, col_g.transpose(0, 2, 1), out=self._dw.reshape(g, o // g, -1))
+        weight.diff += self._dw
+        if not propagate:
+            return
+        if self._dcol is None:
+            self._dcol = xp.empty_like(self._col)
+        w_g = weight.data.reshape(g, o // g, -1)
+        if g == 1:
+            xp.dot(w_g[0].T, rows, out=self._dcol)
+        else:
+            xp.matmul(w_g.transpose(0, 2, 1), rows_g, out=self._dcol.reshape(g, -1, cols))
+        cpu_kernels.call("col2im", dt, self._dcol, *self._window, dx)
 
     def _backward_kernels(self, dy, propagate, dx):
         """dy to GEMM order (+ bias gradient, same kernel) -> dw += GEMM per

@@ -43,6 +43,7 @@ class InnerProduct(Layer):
         if self.bias_term:
             self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
         self._ones = None  # kernel path: (1, M) ones for the bias gradient GEMM
+        self._dw = None    # NumPy path: the weight gradient of one pass, reused
 
     def _axis(self, blob):
         axis = self.param.inner_product_param.axis
@@ -80,12 +81,15 @@ class InnerProduct(Layer):
         if self.use_kernels:
             self._backward_gemms(dy, x, propagate_down[0], bottom[0].diff)
             return
+        if self._dw is None:
+            self._dw = xp.empty(weight.shape, dtype=self.dtype)
         if self.transpose:
-            weight.diff[...] += xp.dot(x.T, dy)
+            xp.dot(x.T, dy, out=self._dw)
         else:
-            weight.diff[...] += xp.dot(dy.T, x)
+            xp.dot(dy.T, x, out=self._dw)
+        weight.diff += self._dw
         if self.bias_term:
-            self.blobs[1].diff[...] += dy.sum(axis=0)
+            self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = weight.data.T if self.transpose else weight.data
             dx = bottom[0].diff

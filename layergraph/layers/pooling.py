@@ -32,6 +32,11 @@ and then the first row holding the maximum gives exactly Caffe's row-major
 first maximum.  When stride == kernel, pad == 0 and the kernel divides the
 input, the views are plain reshapes of the input (no padded copy).
 
+Compiled CPU path (the cpu backend when layergraph.cpu_kernels can build
+kernels/cpu/window_ops.cpp): one OpenMP loop over the planes forward
+(MAX keeping the flat argmax, as the kernel path) and one backward (MAX
+routes each window's gradient to its argmax; AVE spreads it).
+
 Kernel path (GPU and its emulation, kernels/pooling.cu): one launch forward
 (one thread per output, MAX keeping an int32 argmax per output for backward
 and writing the mask top in the same launch), one launch backward (a gather:
@@ -41,6 +46,7 @@ import math
 
 import numpy as np
 
+from .. import cpu_kernels
 from ..layer import Layer, register_layer
 from ..proto import pb
 
@@ -138,7 +144,9 @@ class Pooling(Layer):
         empty_w = np.arange(wo) * sw - pw >= w
         self._empty = ((xp.asarray(np.flatnonzero(empty_h)), xp.asarray(np.flatnonzero(empty_w)))
                        if empty_h.any() or empty_w.any() else None)
-        if self.use_kernels:  # kernels/pooling.cu reads x directly
+        self.cpu_loops = (not self.use_kernels and xp is np
+                          and cpu_kernels.available(dt))
+        if self.use_kernels or self.cpu_loops:  # both read x directly
             self._window = (h, w, ho, wo, kh, kw, sh, sw, ph, pw)
             self._argmax = (xp.empty((n, c, ho, wo), dtype=np.int32)
                             if self.method == _P.MAX else None)
@@ -174,6 +182,16 @@ class Pooling(Layer):
     def forward(self, bottom, top):
         xp = self.xp
         x = bottom[0].data
+        if self.cpu_loops:    # kernels/cpu/window_ops.cpp
+            y, planes = top[0].data, x.shape[0] * x.shape[1]
+            if self.method == _P.MAX:
+                cpu_kernels.call("max_pool_forward", self.dtype, x, planes, *self._window, y,
+                                 self._argmax)
+                if len(top) > 1:
+                    top[1].data[...] = self._argmax
+            else:
+                cpu_kernels.call("ave_pool_forward", self.dtype, x, planes, *self._window, y)
+            return
         if self.use_kernels:  # kernels/pooling.cu
             y = top[0].data
             if self.method == _P.MAX:
@@ -250,6 +268,16 @@ class Pooling(Layer):
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
+            return
+        if self.cpu_loops:    # kernels/cpu/window_ops.cpp
+            dy, dx = top[0].diff, bottom[0].diff
+            planes, (h, w, ho, wo) = dx.shape[0] * dx.shape[1], self._window[:4]
+            if self.method == _P.MAX:
+                cpu_kernels.call("max_pool_backward", self.dtype, dy, self._argmax, planes,
+                                 h, w, ho, wo, dx)
+            else:
+                cpu_kernels.call("ave_pool_backward", self.dtype, dy, planes, *self._window,
+                                 dx)
             return
         if self.use_kernels:  # kernels/pooling.cu
             dy, dx = top[0].diff, bottom[0].diff

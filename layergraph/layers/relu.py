@@ -42,14 +42,13 @@ class ReLULayer(Layer):
                 self._positive = x.copy()  # the sign source for backward
             self.launch("relu_forward", x.size, x, top[0].data, self.negative_slope, n=x.size)
             return
+        if self.negative_slope == 0:   # one pass, in place when top is bottom
+            xp.maximum(x, 0, out=top[0].data)
+            return
         positive = x > 0
         if self.negative_slope < 0:
             self._positive = positive
-        if self.negative_slope == 0:
-            y = xp.where(positive, x, 0)
-        else:
-            y = xp.where(positive, x, self.negative_slope * x)
-        top[0].data[...] = y
+        top[0].data[...] = xp.where(positive, x, self.negative_slope * x)
 
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
@@ -63,4 +62,7 @@ class ReLULayer(Layer):
             return
         positive = self._positive if self.negative_slope < 0 else top[0].data > 0
         dy = top[0].diff
+        if self.negative_slope == 0:   # dx = dy * [y > 0], in place when top is bottom
+            self.xp.multiply(dy, positive, out=bottom[0].diff)
+            return
         bottom[0].diff[...] = self.xp.where(positive, dy, self.negative_slope * dy)

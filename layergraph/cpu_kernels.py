@@ -1,0 +1,170 @@
+"""The CPU's compiled sliding-window loops (``kernels/cpu/window_ops.cpp``).
+
+NumPy runs each array loop on one core, and a sliding window costs it
+several passes.  Convolution (im2col, col2im, the layout changes around its
+matrix product) and Pooling therefore call these C++ loops on the ``cpu``
+backend when they can: one pass each, split over the cores with OpenMP.
+The NumPy code in the layers stays the reference they are tested against
+(``tests/test_cpu_kernels.py``) and the path taken when
+
+- no C++ compiler with OpenMP is found (``CXX``, default ``g++``; the
+  library is built once per source version and cached under
+  ``~/.cache/layergraph/cpu``), or
+- ``LAYERGRAPH_CPU_KERNELS=0`` is set (``layergraph time`` shows which path
+  ran), or the arrays are not float32/float64.
+
+Threads: ``OMP_NUM_THREADS`` if set, else ``OPENBLAS_NUM_THREADS`` (the
+matrix products' count), else every core.  OpenMP's idle threads are told
+not to spin (``OMP_WAIT_POLICY=passive`` unless set), so they do not steal
+the core the BLAS is computing on between two loops.
+
+>>> from layergraph import cpu_kernels
+>>> cpu_kernels.status()[0] in (True, False)
+True
+"""
+import contextlib
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+_lock = threading.Lock()
+_library = None
+_error = None
+SOURCE = os.path.join("cpu", "window_ops.cpp")
+FLAGS = ["-std=c++17", "-O3", "-shared", "-fPIC", "-fopenmp", "-w"]
+
+_I64, _INT, _PTR = ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p
+#: argument types after the pointer arguments, per function
+_SIGNATURES = {
+    "im2col": [_PTR, _I64] + [_INT] * 13 + [_PTR],
+    "col2im": [_PTR, _I64] + [_INT] * 13 + [_PTR],
+    "rows_to_nchw": [_PTR, _PTR, _I64, _INT, _I64, _PTR],
+    "nchw_to_rows": [_PTR, _I64, _INT, _I64, _PTR, _PTR],
+    "max_pool_forward": [_PTR, _I64] + [_INT] * 10 + [_PTR, _PTR],
+    "max_pool_backward": [_PTR, _PTR, _I64] + [_INT] * 4 + [_PTR],
+    "ave_pool_forward": [_PTR, _I64] + [_INT] * 10 + [_PTR],
+    "ave_pool_backward": [_PTR, _I64] + [_INT] * 10 + [_PTR],
+}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _cache_dir():
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "layergraph", "cpu")
+
+
+def _threads():
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+def _build():
+    from .kernels import kernel_dir
+    path = os.path.join(kernel_dir(), SOURCE)
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    compiler = os.environ.get("CXX", "g++")
+    key = hashlib.sha256("\0".join([source, compiler] + FLAGS).encode()).hexdigest()[:20]
+    out_dir = _cache_dir()
+    lib_path = os.path.join(out_dir, f"window_ops-{key}.so")
+    if not os.path.exists(lib_path):
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_lib = os.path.join(tmp, "k.so")
+            try:
+                proc = subprocess.run([compiler, *FLAGS, path, "-o", tmp_lib],
+                                      capture_output=True, text=True)
+            except OSError as exc:
+                raise RuntimeError(f"no C++ compiler '{compiler}' ({exc.strerror})") from None
+            if proc.returncode != 0:
+                first = next((line for line in proc.stderr.splitlines() if "error" in line),
+                             proc.stderr.strip()[:200])
+                raise RuntimeError(f"{SOURCE} did not compile: {first}")
+            os.replace(tmp_lib, f"{lib_path}.{os.getpid()}")
+            os.replace(f"{lib_path}.{os.getpid()}", lib_path)
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    lib = ctypes.CDLL(lib_path)
+    for name, argtypes in _SIGNATURES.items():
+        for suffix in _SUFFIX.values():
+            fn = getattr(lib, f"lg_{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
+    lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
+    lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
+    lib.lg_set_threads(_threads())
+    return lib
+
+
+def library():
+    """The loaded library, or None when it cannot be used (see :func:`status`)."""
+    global _library, _error
+    if _library is None and _error is None:
+        with _lock:
+            if _library is None and _error is None:
+                if os.environ.get("LAYERGRAPH_CPU_KERNELS", "1").strip() in ("0", "off", "no"):
+                    _error = "disabled by LAYERGRAPH_CPU_KERNELS=0"
+                else:
+                    try:
+                        _library = _build()
+                    except Exception as exc:  # no compiler, no OpenMP, read-only cache...
+                        _error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return _library
+
+
+def status():
+    """(usable, a line saying which path the sliding-window layers take)."""
+    lib = library()
+    if lib is None:
+        return False, f"NumPy (compiled CPU loops unavailable: {_error})"
+    return True, f"compiled CPU loops (kernels/{SOURCE}, {lib.lg_get_threads()} OpenMP threads)"
+
+
+_disabled = threading.local()
+
+
+def available(dtype):
+    """True when the compiled loops serve arrays of ``dtype`` (layers ask
+    when they size their buffers, in reshape)."""
+    if getattr(_disabled, "depth", 0):
+        return False
+    return np.dtype(dtype) in _SUFFIX and library() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Layers set up (reshaped) inside take their NumPy path -- the
+    reference the compiled loops are compared with."""
+    _disabled.depth = getattr(_disabled, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _disabled.depth -= 1
+
+
+def set_threads(n):
+    """Set the OpenMP thread count of the compiled loops."""
+    lib = library()
+    if lib is not None:
+        lib.lg_set_threads(int(n))
+
+
+def call(name, dtype, *args):
+    """Run ``lg_<name>_<f32|f64>``; arrays are passed by pointer (they must be
+    C-contiguous -- the callers own the buffers and guarantee it)."""
+    fn = getattr(library(), f"lg_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    c_args = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            if not a.flags.c_contiguous:
+                raise ValueError(f"lg_{name}: an array argument is not C-contiguous")
+            c_args.append(a.ctypes.data)
+        else:
+            c_args.append(a)
+    fn(*c_args)

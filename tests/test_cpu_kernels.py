@@ -1,0 +1,116 @@
+"""The compiled CPU loops (kernels/cpu/window_ops.cpp) against the NumPy
+reference path of Convolution and Pooling, and the NumPy path's own
+gradient checks (the rest of the suite runs the compiled path)."""
+import numpy as np
+import pytest
+
+from layergraph import cpu_kernels
+from layergraph.testing import check_layer_gradient, compare_backends
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.status()[0], reason=cpu_kernels.status()[1])
+
+RNG = np.random.default_rng(5)
+
+CONVOLUTIONS = [
+    # (convolution_param, bottom shape)
+    ("num_output: 4 kernel_size: 3", (2, 3, 7, 6)),
+    ("num_output: 5 kernel_size: 5", (3, 1, 12, 12)),           # LeNet conv1-like
+    ("num_output: 6 kernel_size: 3 pad: 1 stride: 2", (2, 2, 9, 8)),
+    ("num_output: 4 kernel_h: 2 kernel_w: 3 pad_h: 1 pad_w: 2 stride_h: 1 stride_w: 3",
+     (2, 2, 6, 7)),
+    ("num_output: 4 kernel_size: 3 dilation: 2 pad: 2", (2, 2, 8, 8)),
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1", (2, 6, 5, 5)),
+    ("num_output: 3 kernel_size: 2 bias_term: false stride: 2", (3, 2, 6, 6)),
+    ("num_output: 2 kernel_size: 1", (2, 3, 4, 5)),
+    ("num_output: 3 kernel_size: 4 pad: 3 stride: 3", (2, 1, 5, 5)),  # windows mostly padding
+]
+
+POOLINGS = [
+    ("pool: MAX kernel_size: 2 stride: 2", (2, 3, 8, 8), 1),       # the 2x2 fast path
+    ("pool: MAX kernel_size: 2 stride: 2", (2, 3, 7, 9), 1),       # ceil: last window cut
+    ("pool: MAX kernel_size: 3 stride: 2", (2, 2, 9, 9), 1),       # overlapping
+    ("pool: MAX kernel_size: 3 stride: 2 pad: 1", (2, 2, 8, 7), 2),  # with the mask top
+    ("pool: MAX kernel_size: 1 stride: 3", (1, 2, 5, 5), 2),       # windows past the image
+    ("pool: MAX global_pooling: true", (2, 3, 5, 4), 1),
+    ("pool: AVE kernel_size: 3 stride: 2 pad: 1", (2, 2, 8, 7), 1),
+    ("pool: AVE kernel_size: 2 stride: 2", (2, 3, 8, 8), 1),
+    ("pool: AVE kernel_size: 1 stride: 3", (1, 2, 5, 5), 1),
+    ("pool: AVE global_pooling: true", (2, 3, 5, 4), 1),
+]
+
+
+def _conv(param):
+    return (f'type: "Convolution" convolution_param {{ {param} '
+            f'weight_filler {{ type: "gaussian" std: 0.5 }} '
+            f'bias_filler {{ type: "uniform" min: -1 max: 1 }} }}')
+
+
+@pytest.mark.parametrize("param,shape", CONVOLUTIONS)
+def test_convolution_loops_match_numpy(param, shape):
+    x = RNG.standard_normal(shape)
+    report = compare_backends(_conv(param), [x], backend="cpu", reference="numpy",
+                              iterations=2, rtol=1e-5, atol=1e-6)
+    assert any("bottom_diff" in k for k in report) and any("param_diff" in k for k in report)
+
+
+@pytest.mark.parametrize("param,shape,tops", POOLINGS)
+def test_pooling_loops_match_numpy(param, shape, tops):
+    x = RNG.standard_normal(shape)
+    report = compare_backends(f'type: "Pooling" pooling_param {{ {param} }}', [x],
+                              backend="cpu", reference="numpy", num_tops=tops,
+                              rtol=1e-6, atol=0)
+    assert "iter0.bottom_diff[0]" in report
+
+
+def test_max_pooling_ties_take_the_first_maximum():
+    """Caffe's rule: the first maximum of the window in row-major order gets
+    the gradient; the compiled loop must agree with NumPy on plateaus."""
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 1, 1] = x[0, 0, 1, 0] = 1.0
+    compare_backends('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
+                     [x], backend="cpu", reference="numpy", num_tops=2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("param,shape", CONVOLUTIONS[:6])
+def test_convolution_numpy_path_gradient(param, shape):
+    with cpu_kernels.disabled():
+        check_layer_gradient(_conv(param), [RNG.standard_normal(shape)])
+
+
+@pytest.mark.parametrize("param,shape,tops", [p for p in POOLINGS if p[2] == 1])
+def test_pooling_numpy_path_gradient(param, shape, tops):
+    x = RNG.permutation(np.prod(shape)).reshape(shape) * 0.1  # distinct: no ties
+    with cpu_kernels.disabled():
+        check_layer_gradient(f'type: "Pooling" pooling_param {{ {param} }}', [x])
+
+
+def test_disabled_by_environment(tmp_path):
+    import subprocess
+    import sys
+    code = ("from layergraph import cpu_kernels; ok, why = cpu_kernels.status(); "
+            "print(ok, why)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "LAYERGRAPH_CPU_KERNELS": "0"})
+    assert out.stdout.startswith("False NumPy") and "LAYERGRAPH_CPU_KERNELS=0" in out.stdout
+
+
+def test_no_compiler_falls_back_to_numpy(tmp_path):
+    import os
+    import subprocess
+    import sys
+    code = ("from layergraph import cpu_kernels; ok, why = cpu_kernels.status(); print(ok, why)")
+    env = {**os.environ, "CXX": "no-such-compiler", "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("False NumPy")
+    assert "no-such-compiler" in out.stdout
+
+
+def test_layers_report_their_path():
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv("num_output: 2 kernel_size: 3"), dtype=np.float32)
+    setup_layer(layer, [np.zeros((1, 1, 5, 5), np.float32)])
+    assert layer.cpu_loops
+    with cpu_kernels.disabled():
+        layer = make_layer(_conv("num_output: 2 kernel_size: 3"), dtype=np.float32)
+        setup_layer(layer, [np.zeros((1, 1, 5, 5), np.float32)])
+    assert not layer.cpu_loops
