@@ -74,6 +74,12 @@ def cmd_time(args):
         print(line)
     if net.backend.kernels is not None:
         print(f"backend {net.backend.name}: {net.backend.launches} kernel launches so far")
+    elif any(getattr(layer, "cpu_loops", False) for layer in net.layers):
+        from .. import cpu_kernels
+        print(f"sliding windows: {cpu_kernels.status()[1]}")
+    elif any(layer.type in ("Convolution", "Pooling") for layer in net.layers):
+        from .. import cpu_kernels
+        print(f"sliding windows: {cpu_kernels.status()[1] if not cpu_kernels.status()[0] else 'NumPy'}")
     return 0
 
 
