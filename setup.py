@@ -62,8 +62,14 @@ setup(
         # train --tensorboard / inspect --projector: event files (tensorboardX,
         # no TensorFlow) and the tensorboard viewer (whose reader the tests use)
         "tensorboard": ["tensorboardX>=2.5", "tensorboard>=2.10"],
-        # NVRTC compiles every kernel in the tests, with no GPU or driver
-        "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12", "h5py>=3"],
+        # data-parallel training on CPU workers: mpiexec -n N layergraph train
+        # (the mpich wheel brings MPICH and its mpiexec; mpi4py also works
+        # with Open MPI or a system MPI)
+        "mpi": ["mpi4py>=4", "mpich"],
+        # NVRTC compiles every kernel in the tests, with no GPU or driver;
+        # mpi4py + mpich run the 2-worker tests (tests/test_distributed.py)
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "nvidia-cuda-nvrtc-cu12", "h5py>=3",
+                 "mpi4py>=4", "mpich"],
     },
     entry_points={"console_scripts": ["layergraph=layergraph.cli:main"]},
     cmdclass={"build_py": BuildPyWithProto},

@@ -26,6 +26,17 @@ Update rules (h, h2: per-parameter history; m = momentum, eps = delta):
 Learning-rate policies: fixed, step, exp, inv, multistep, poly, sigmoid
 (formulas in :func:`learning_rate`).
 
+Data-parallel training (:mod:`layergraph.distributed`): under ``mpiexec -n N``
+(or the ``train --gpu LIST`` launcher) the Solver's communicator has N
+workers.  Rank 0's seed is used everywhere; the Data, DataSequence and Decode
+layers work on the global batch of N x batch_size (see their modules); after
+backward the gradients are averaged (:class:`~layergraph.distributed.GradientReducer`,
+with the loss and the stop flag) before step 2, so every worker applies the
+same update.  :meth:`Solver.synchronize` (at the start of ``solve``, after
+``restore``) gives every worker rank 0's state; only rank 0 reads snapshots,
+writes them, the log and TensorBoard, and logs lines; test outputs are the
+workers' mean.
+
 Backends: the nets, the parameters and the history live on the solver's
 backend (``solver_mode: GPU`` + ``device_id``, or the ``backend`` argument).
 On a kernel backend (gpu, emu) steps 3-5 are one fused kernel per parameter
@@ -41,7 +52,7 @@ import time
 import numpy as np
 
 from .backend import backend_of_solver, get_backend, to_numpy
-from .errors import DivergedError, SnapshotError, SolverError
+from .errors import DivergedError, LayergraphError, SnapshotError, SolverError
 from .net import DATA_LAYER_TYPES, Net
 from .proto import pb
 from .prototxt import atomic_write, read_binary, read_net, read_solver
@@ -282,9 +293,14 @@ class Solver:
     ``tensorboard_dir`` in the solver file (relative to it) writes TensorBoard
     event files through :class:`layergraph.tensorboard.TensorBoardCallback`
     (``self.tensorboard``; needs tensorboardX).
+
+    ``comm``: the data-parallel communicator (default
+    :func:`layergraph.distributed.world`: MPI under ``mpiexec -n N``, N > 1,
+    else a single process); ``self.comm``.  With several workers ``log``
+    is used on rank 0 only.
     """
 
-    def __init__(self, solver, log=print, overrides=None, backend=None, db=None):
+    def __init__(self, solver, log=print, overrides=None, backend=None, db=None, comm=None):
         if isinstance(solver, pb.SolverParameter):
             self.param, self.source, self.base_dir = solver, "<SolverParameter>", os.getcwd()
         else:
@@ -304,13 +320,16 @@ class Solver:
                 setattr(self.param, key, value)
         validate(self.param, self.source)
         self.type = solver_type_of(self.param)
-        self.log = log or (lambda *a, **k: None)
+        from .distributed import world
+        comm = world() if comm is None else comm
+        self.log = (log if comm.rank == 0 else None) or (lambda *a, **k: None)
         self.backend = (backend_of_solver(self.param, warn=self.log) if backend is None
                         else get_backend(backend))
+        self.comm = comm.for_backend(self.backend)  # a GPU under MPI: NCCL
         seed = self.param.random_seed
         if seed < 0:
             seed = int.from_bytes(os.urandom(4), "little")
-        self.seed = int(seed)
+        self.seed = int(self.comm.broadcast_object(int(seed)))  # rank 0's everywhere
         self.iter = 0
         self.current_step = 0
         self.callbacks = []
@@ -323,7 +342,10 @@ class Solver:
         self._work_buffers = {}  # param index -> scratch arrays of the update
         self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
         self.tensorboard = None
-        if self.param.tensorboard_dir:  # before the nets: a missing tensorboardX fails fast
+        self.reducer = None        # data-parallel: averages the gradients
+        self._stop_signal = False  # data-parallel: this worker was asked to stop
+        if self.param.tensorboard_dir and self.comm.rank == 0:
+            # before the nets: a missing tensorboardX fails fast
             from .tensorboard import TensorBoardCallback
             self.tensorboard = TensorBoardCallback(
                 self.output_path(self.param.tensorboard_dir),
@@ -332,6 +354,28 @@ class Solver:
             self.add_callback(self.tensorboard)
         self._build_nets()
         self._init_history()
+        if self.comm.size > 1:
+            self._join_workers()
+
+    def _join_workers(self):
+        """Data-parallel set-up: the layers learn the communicator, the
+        gradient reducer is made (lr_mult 0 blobs only when clipping needs
+        their diffs), and rank 0 logs the set-up and the layers that act per
+        worker."""
+        from .distributed import GradientReducer
+        from .distributed.workers import attach
+        notes = attach(self.net, self.comm, train=True)
+        for net in self.test_nets:
+            attach(net, self.comm, train=False)
+        clip = self.param.clip_gradients >= 0
+        blobs = [b for b, lr in zip(self.net.learnable_params, self.net.params_lr)
+                 if lr != 0 or clip]
+        self.reducer = GradientReducer(self.comm, blobs)
+        self.log(f"Data-parallel: {self.comm.describe()}, global batch {self.comm.size} x "
+                 f"{self.batch_size()}, gradients in {len(self.reducer.buckets)} bucket(s), "
+                 f"{self.reducer.bytes / 2**20:.2f} MiB")
+        if notes:
+            self.log("Data-parallel: per worker, not over the global batch: " + "; ".join(notes))
 
     # ------------------------------------------------------------- nets --
     def resolve(self, path):
@@ -621,6 +665,8 @@ class Solver:
                 for _ in range(p.iter_size):
                     loss += self.net.forward_backward()
             loss /= p.iter_size
+            if self.reducer is not None:  # the workers' mean gradient and loss
+                loss, self.requested_stop = self.reducer.reduce(loss, self._stop_signal)
             if not math.isfinite(loss):
                 self._diverged(f"the loss is {loss} at iteration {self.iter}")
             self._update_smoothed_loss(loss)
@@ -630,11 +676,15 @@ class Solver:
                 self.apply_update()
             dt = time.perf_counter() - t0
             data_images, tower_images = self.images_per_forward()
+            workers = self.comm.size  # images/s of the global batch
             record = {"iter": it, "loss": loss, "smoothed_loss": self.smoothed_loss,
                       "lr": self.rate,
-                      "images_per_s": data_images * p.iter_size / max(dt, 1e-9)}
+                      "images_per_s": workers * data_images * p.iter_size / max(dt, 1e-9)}
             if tower_images:
-                record["tower_images_per_s"] = tower_images * p.iter_size / max(dt, 1e-9)
+                record["tower_images_per_s"] = (workers * tower_images * p.iter_size
+                                                / max(dt, 1e-9))
+            if self.reducer is not None:
+                record["allreduce_s"] = self.reducer.last_seconds
             if p.display and it % p.display == 0:
                 self.log(f"Iteration {it}, loss = {self.smoothed_loss:.6g}, "
                          f"lr = {self.rate:.6g}")
@@ -655,7 +705,10 @@ class Solver:
 
     def check_snapshot_dir(self):
         """Fail before training, not at the first snapshot, when snapshots
-        and the log cannot be written; clear stale temporaries."""
+        and the log cannot be written; clear stale temporaries (rank 0
+        only: it alone writes them)."""
+        if self.comm.rank != 0:
+            return
         prefix = self.snapshot_prefix()
         directory = os.path.dirname(prefix) or "."
         try:
@@ -675,6 +728,7 @@ class Solver:
         self.check_snapshot_dir()
         if resume:
             self.restore(resume)
+        self.synchronize()
         self.log(f"Solving {self.net.name or 'net'} ({self.type}, seed {self.seed}) "
                  f"from iteration {self.iter} to {self.param.max_iter}")
         self.step(self.param.max_iter - self.iter)
@@ -690,8 +744,20 @@ class Solver:
         self.log("Optimization done.")
 
     def request_stop(self, *_):
-        """Stop after the current iteration and snapshot (the SIGINT handler)."""
-        self.requested_stop = True
+        """Stop after the current iteration and snapshot (the SIGINT handler).
+        With several workers the request travels with the next gradients, so
+        that all stop after the same iteration."""
+        if self.reducer is None:
+            self.requested_stop = True
+        else:
+            self._stop_signal = True
+
+    def synchronize(self):
+        """Data-parallel: every worker takes rank 0's parameters, history,
+        iteration and layer state (a no-op with one worker)."""
+        if self.comm.size > 1:
+            from .distributed.workers import broadcast_solver_state
+            broadcast_solver_state(self)
 
     def install_sigint_handler(self):
         signal.signal(signal.SIGINT, self.request_stop)
@@ -732,6 +798,9 @@ class Solver:
                    for k, v in sums.items()}
         if self.param.test_compute_loss:
             results["loss"] = loss / max(iters, 1)
+        if self.comm.size > 1:  # the mean over the workers' shards
+            from .distributed.workers import average_results
+            results = average_results(self.comm, results)
         for name, value in results.items():
             shown = (f"{value:.6g}" if np.ndim(value) == 0
                      else "[" + ", ".join(f"{v:.4g}" for v in np.ravel(value)) + "]")
@@ -754,6 +823,8 @@ class Solver:
         return prefix
 
     def _write_log(self, record):
+        if self.comm.rank != 0:
+            return
         if self.log_path is None:
             self.log_path = self.snapshot_prefix() + "_log.jsonl"
             os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
@@ -767,7 +838,8 @@ class Solver:
         The .caffemodel is written first and the .solverstate, which names
         it, last: a .solverstate on disk always has its weights beside it
         (what :func:`latest_snapshot` relies on).  Non-finite weights are
-        never written (DivergedError)."""
+        never written (DivergedError).  With several workers rank 0 writes
+        (the others return the same paths)."""
         for blob in self.net.learnable_params:
             if not bool(self.backend.xp.isfinite(blob.data).all()):
                 self._diverged(f"parameter '{blob.name}' holds non-finite values at "
@@ -775,6 +847,9 @@ class Solver:
         prefix = self.snapshot_prefix()
         model_path = f"{prefix}_iter_{self.iter}.caffemodel"
         state_path = f"{prefix}_iter_{self.iter}.solverstate"
+        if self.comm.rank != 0:
+            self.last_snapshot_iter = self.iter
+            return model_path, state_path
         self.net.save(model_path, write_diff=self.param.snapshot_diff)
         state = pb.SolverState(iter=self.iter, learned_net=os.path.basename(model_path),
                                current_step=self.current_step, solver_type=self.type)
@@ -793,7 +868,24 @@ class Solver:
         return model_path, state_path
 
     def restore(self, state_path):
-        """Continue from a .solverstate (and the .caffemodel it names)."""
+        """Continue from a .solverstate (and the .caffemodel it names).  With
+        several workers rank 0 reads it and :meth:`synchronize` hands its
+        state to the others (the files need to exist on rank 0's host only);
+        rank 0's error, if any, is raised on every worker."""
+        if self.comm.size == 1:
+            self._restore(state_path)
+            return
+        from .distributed.workers import raise_together
+        error = None
+        if self.comm.rank == 0:
+            try:
+                self._restore(state_path)
+            except LayergraphError as e:
+                error = e
+        raise_together(self.comm, error)
+        self.synchronize()
+
+    def _restore(self, state_path):
         state_path = os.fspath(state_path)
         if state_path.endswith(".caffemodel"):
             raise SnapshotError(f"{state_path}: is a weights file; resume from its "

@@ -1,5 +1,12 @@
 """``layergraph train``: a solver to max_iter, with a progress bar, snapshots,
-resume, the collapse guard, and TensorBoard event files (--tensorboard)."""
+resume, the collapse guard, and TensorBoard event files (--tensorboard).
+
+Data-parallel (:mod:`layergraph.distributed`): ``mpiexec -n N layergraph
+train ...`` trains with N MPI workers (rank 0 prints, logs and snapshots;
+only it reads --weights and --snapshot); ``--gpu all`` or ``--gpu 0,1``
+starts one worker per GPU over NCCL (under mpiexec: each rank takes the GPU
+at its rank on its host).  An error on any worker ends the job with one
+message (:func:`layergraph.distributed.launch.fail_together`)."""
 import os
 import sys
 import time
@@ -75,8 +82,40 @@ class _Progress:
 
 
 def cmd_train(args):
-    from ..solver import Solver
+    from ..distributed import launched_size, world
+    from ..distributed.launch import fail_together, gpu_devices, launch_gpu_workers
     _set_db(args)
+    devices = gpu_devices(args.gpu)
+    if devices is not None and len(devices) > 1 and launched_size()[0] is None:
+        if args.backend is not None:
+            raise LayergraphError("give either --gpu or --backend, not both")
+        return launch_gpu_workers(args, devices)  # one process per GPU, NCCL
+    comm = world()
+    if comm.size == 1:
+        if devices is not None:
+            args.gpu = str(devices[0])
+        return _train(args, comm)
+    with fail_together(comm):
+        if devices is not None:
+            args.gpu = str(_worker_device(comm, devices))
+        return _train(args, comm)
+
+
+def _worker_device(comm, devices):
+    """The GPU of this worker: a --gpu launcher worker's one device, or
+    under MPI the device at this rank's place among the ranks of its host."""
+    if len(devices) == 1 and comm.name == "nccl":
+        return devices[0]
+    local = comm.local_rank
+    if local >= len(devices):
+        raise LayergraphError(f"--gpu names {len(devices)} GPU(s) for more workers on this host "
+                              f"(local rank {local}); one worker per GPU")
+    return devices[local]
+
+
+def _train(args, comm):
+    from ..solver import Solver
+    root = comm.rank == 0
     if args.weights and args.snapshot:
         raise LayergraphError("give either --weights or --snapshot, not both")
     overrides = {}
@@ -98,24 +137,24 @@ def cmd_train(args):
         overrides["tensorboard_embedding"] = args.tensorboard_embedding
     if args.progress_seconds < 0:
         raise LayergraphError("--progress-seconds must be >= 0")
-    progress = _Progress(0, 0, args.quiet, every=args.progress_seconds)
+    progress = _Progress(0, 0, args.quiet or not root, every=args.progress_seconds)
     solver = Solver(args.solver, log=progress.write, overrides=overrides,
-                    backend=_backend(args, default=None))
+                    backend=_backend(args, default=None), comm=comm)
     try:
         if (args.tensorboard_histograms or args.tensorboard_embedding) and \
-                solver.tensorboard is None:
+                not solver.param.tensorboard_dir:
             raise LayergraphError("--tensorboard-histograms and --tensorboard-embedding need "
                                   "--tensorboard DIR (or tensorboard_dir in the solver file)")
         weights = (args.weights.split(",") if args.weights else []) + [
             solver.resolve(path) for path in solver.param.weights]
-        for path in weights:
+        for path in weights if root else []:  # solve() hands them to the other workers
             copied = solver.net.copy_from(path, allow_missing=args.allow_missing)
             missing = solver.net.last_missing
             progress.write(f"copied weights of {len(copied)} layer(s) from {path}"
                            + (f"; kept initial values for {', '.join(missing)}"
                               if missing else ""))
         solver.check_snapshot_dir()
-        if args.snapshot == "latest":
+        if args.snapshot == "latest" and root:
             from ..solver import latest_snapshot
             found = latest_snapshot(solver.snapshot_prefix())
             if found is None:
@@ -128,14 +167,15 @@ def cmd_train(args):
             progress.bar.reset(total=solver.param.max_iter)
             progress.bar.update(solver.iter)
         solver.add_callback(progress)
-        from ..guards import CollapseGuard
-        solver.add_callback(CollapseGuard())  # one warning if the embedding collapses
+        if root:
+            from ..guards import CollapseGuard
+            solver.add_callback(CollapseGuard())  # one warning if the embedding collapses
         solver.install_sigint_handler()
         solver.solve()
     finally:
         progress.close()
         solver.close()
-    if solver.log_path:
+    if solver.log_path and root:
         print(f"training log: {solver.log_path}")
     if solver.tensorboard is not None:
         print(f"TensorBoard: tensorboard --logdir {solver.tensorboard.logdir}")
@@ -173,4 +213,10 @@ def add_commands(sub):
                    help="with --tensorboard: the TEST net blob shown in the projector "
                         "(default: the Decode layer's bottom)")
     add_device_arguments(p)
+    for action in p._actions:
+        if action.dest == "gpu":
+            action.metavar = "N|LIST|all"
+            action.help = ("train on CUDA device N; a list (0,1) or 'all': one worker per GPU, "
+                           "data-parallel over NCCL (default: the CPU; CPU workers: mpiexec -n N "
+                           "layergraph train ...)")
     p.set_defaults(func=cmd_train)

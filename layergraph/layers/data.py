@@ -65,6 +65,17 @@ next batches.  LOAD_ALL (whole source in memory at set-up) and
 LOAD_ON_DEMAND (records read from LMDB on first use, then cached) give
 identical batches.
 
+Data-parallel training (:mod:`layergraph.distributed`, :meth:`DataLayer.data_parallel`):
+with N workers ``batch_size`` B is per worker and batch k is the global
+batch of N B rows that one worker with batch_size N B would make -- the same
+record indices, the same generators keyed on k -- of which worker r keeps
+rows [r B, (r + 1) B).  Every per-item draw (crop offsets, flips, the
+augmentation's angles, scales and shifts, the pair partners' uniforms) is
+made for all N B rows and sliced (:class:`_RowDraws`), so worker r's images
+equal rows r B.. of the single-worker batch exactly, while it reads and
+transforms only its own B images.  P x K batches are (N P) x K globally:
+each worker gets P whole labels, which needs N P <= the number of labels.
+
 A daemon thread prepares the next ``prefetch`` batches (data_param.prefetch;
 0: no thread, each batch made in forward).  :meth:`close` stops it; it is
 also stopped when the layer is garbage-collected and at interpreter exit.
@@ -256,6 +267,33 @@ class _Transform:
 
 # -------------------------------------------------------------------- plan --
 
+class _RowDraws:
+    """One worker's rows of the draws of a global batch: each draw whose
+    first axis is the worker's ``rows`` is made for the ``total`` rows of
+    the global batch (the same values, in the same order, as one worker
+    with the whole batch draws) and the worker's slice ``part`` is returned.
+    Used for every per-item draw of the transform and the augmentation."""
+
+    def __init__(self, rng, part, total):
+        self.rng, self.part, self.total = rng, part, total
+        self.rows = part.stop - part.start
+
+    def _size(self, size):
+        shape = (size,) if np.ndim(size) == 0 else tuple(size)
+        if shape[0] != self.rows:  # pragma: no cover - a draw that is not per item
+            raise DataError(f"a draw of shape {shape} is not one per item ({self.rows} rows)")
+        return (self.total,) + shape[1:]
+
+    def integers(self, low, high=None, size=None):
+        return self.rng.integers(low, high, size=self._size(size))[self.part]
+
+    def random(self, size=None):
+        return self.rng.random(self._size(size))[self.part]
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self.rng.uniform(low, high, size=self._size(size))[self.part]
+
+
 class _BatchPlan:
     """Everything that defines batch k; used by the prefetch thread only
     (or by forward when prefetch is 0).  Holds no reference to the layer."""
@@ -275,6 +313,10 @@ class _BatchPlan:
         self.all_labels = self.pair and dp.output_all_labels
         self.P, self.K = int(dp.labels_per_batch), int(dp.images_per_label)
         self.pxk = self.P > 0 or self.K > 0
+        # data-parallel: this is worker ``worker`` of ``workers`` (see shard);
+        # P and total are then the global batch's labels and rows
+        self.worker, self.workers = 0, 1
+        self.total, self.labels_per_worker = self.batch_size, self.P
         skip_rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.crc, SKIP_TAG]))
         self.skip = int(skip_rng.integers(dp.rand_skip + 1)) if dp.rand_skip else 0
         self._epochs = {}
@@ -314,6 +356,21 @@ class _BatchPlan:
                                   f"of source '{self.source.name}'")
             self.batches_per_epoch = self._count_pxk_batches()
 
+    def shard(self, layer, rank, workers):
+        """Make worker ``rank`` of ``workers``'s part of each global batch of
+        ``workers`` x batch_size rows (P x K: ``workers`` x P labels)."""
+        self.worker, self.workers = int(rank), int(workers)
+        self.total = self.batch_size * self.workers
+        self._epochs = {}
+        if self.pxk:
+            self.P = self.labels_per_worker * self.workers
+            labels = len(self.label_values)
+            if self.P > labels:
+                raise layer.error(f"labels_per_batch {self.labels_per_worker} x {self.workers} "
+                                  f"workers = {self.P} labels per global batch exceeds the "
+                                  f"{labels} labels of source '{self.source.name}'")
+            self.batches_per_epoch = self._count_pxk_batches()
+
     # -------------------------------------------------------- selection --
     def _rng(self, *key):
         return np.random.default_rng(np.random.SeedSequence([self.seed, self.crc, *key]))
@@ -327,8 +384,9 @@ class _BatchPlan:
         return cached
 
     def _stream(self, k):
-        """Record indices of the first images of batch k (sequential or random)."""
-        p = k * self.batch_size + self.skip + np.arange(self.batch_size, dtype=np.int64)
+        """Record indices of the first images of (global) batch k (sequential
+        or random)."""
+        p = k * self.total + self.skip + np.arange(self.total, dtype=np.int64)
         if not self.random:
             return p % self.n
         epochs, pos = np.divmod(p, self.n)
@@ -344,7 +402,7 @@ class _BatchPlan:
         u = rng.random(len(first))
         if not self.balance:
             return np.minimum((u * self.n).astype(np.int64), self.n - 1)
-        p = k * self.batch_size + np.arange(len(first))
+        p = k * self.total + np.arange(len(first))
         lab = self.label_of[first]
         size = self.label_size[lab]
         start = self.label_start[lab]
@@ -416,21 +474,28 @@ class _BatchPlan:
         return self.images[idx], self.labels[idx]
 
     def batch(self, k):
-        """(data, label) of batch k, both in the net's dtype."""
+        """(data, label) of batch k, both in the net's dtype: this worker's
+        rows of the global batch k (all of it with one worker)."""
         rng = self._rng(k)
         if self.pxk:
             e, i = divmod(k, self.batches_per_epoch)
-            first = self._epoch(e, self._pxk_epoch)[i]
+            every = self._epoch(e, self._pxk_epoch)[i]
         else:
-            first = self._stream(k)
-        images, labels = self._fetch(first)
+            every = self._stream(k)
         augment_rng = self._rng(AUGMENT_TAG, k) if self.transform.augment is not None else None
-        data = self.transform(images, rng, self.dtype, augment_rng)
+        draws, augment_draws = rng, augment_rng
+        part = slice(self.worker * self.batch_size, (self.worker + 1) * self.batch_size)
+        if self.workers > 1:
+            draws = _RowDraws(rng, part, self.total)
+            if augment_rng is not None:
+                augment_draws = _RowDraws(augment_rng, part, self.total)
+        images, labels = self._fetch(every[part])
+        data = self.transform(images, draws, self.dtype, augment_draws)
         if not self.pair:
             return data, labels.astype(self.dtype)
-        second = self._partners(k, first, rng)
+        second = self._partners(k, every, rng)[part]
         images2, labels2 = self._fetch(second)
-        data = np.concatenate([data, self.transform(images2, rng, self.dtype, augment_rng)],
+        data = np.concatenate([data, self.transform(images2, draws, self.dtype, augment_draws)],
                               axis=1)
         if self.all_labels:
             return data, np.stack([labels, labels2], axis=1).astype(self.dtype)
@@ -683,6 +748,16 @@ class DataLayer(Layer):
             if got != k + 1:  # pragma: no cover - the counter and the thread disagree
                 raise DataError(f"layer '{self.name}': prefetched batch {got}, expected {k + 1}")
             feed.start_copy(got, slot)
+
+    def data_parallel(self, comm):
+        """Data-parallel training on ``comm``: deliver worker ``comm.rank``'s
+        batch_size rows of each global batch of ``comm.size`` x batch_size
+        (see the module docstring).  Call before the first forward (a
+        prefetch already running restarts at the current batch)."""
+        self._res.stop_prefetch()
+        if self._feed is not None:
+            self._feed.pending = None
+        self._plan.shard(self, comm.rank, comm.size)
 
     # ------------------------------------------------------------ state --
     @property

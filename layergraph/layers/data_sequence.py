@@ -38,6 +38,14 @@ are not saved, and a resumed run rebuilds them from the batches that follow
 (draws then differ from an uninterrupted run until the caches refill).
 No backward: the tops are data.
 
+Data-parallel training (:mod:`layergraph.distributed`): each worker's bottoms
+are its shard of the global batch.  The layer gathers the N shards (one
+allgather of the data and one of the labels, in rank order: the global
+batch), updates its caches and makes its draws for the whole global batch --
+every worker the same, as one worker with the whole batch does -- and
+outputs its own rows of each top.  The caches therefore stay identical on
+every worker and a snapshot from any of them resumes any other.
+
 Kernel path (kernels/data_sequence.cu): the caches live on the device.  Per
 forward: one launch hashes the batch's items (a 64-bit content hash, see
 :func:`_row_hash`) and rounds the labels, and those 16 bytes per item are the
@@ -83,6 +91,14 @@ def _row_hash(items):
         return _mix(words + np.uint64(0x9E3779B97F4A7C15)).sum(axis=1, dtype=np.uint64)
 
 
+class _Arrays:
+    """A blob's view for the data-parallel path: just ``data``."""
+    __slots__ = ("data",)
+
+    def __init__(self, data):
+        self.data = data
+
+
 @register_layer("DataSequence")
 class DataSequenceLayer(Layer):
     exact_bottoms = 2
@@ -113,6 +129,8 @@ class DataSequenceLayer(Layer):
                              f"output_labels={self.output_labels}; got {len(top)}")
         self._reset_cache()
         self._top_table = PointerTable(self.xp)  # kernel path: the image tops
+        self._comm = None         # data-parallel: the workers' communicator
+        self._global_tops = []    # data-parallel: the tops of the global batch
 
     def _reset_cache(self):
         self._rows = {}          # label -> cache row
@@ -205,10 +223,39 @@ class DataSequenceLayer(Layer):
                           np.maximum(self._count[neg_rows] - 1, 0))
         return neg_rows, slot, ok.any(axis=1)
 
+    def data_parallel(self, comm):
+        """Data-parallel training on ``comm``: work on the gathered global
+        batch, output this worker's rows (see the module docstring)."""
+        self._comm = comm if comm.size > 1 else None
+
     def forward(self, bottom, top):
-        if self.use_kernels:
+        if self._comm is not None:
+            self._forward_global(bottom, top)
+        elif self.use_kernels:
             self._forward_kernels(bottom, top)
-            return
+        else:
+            self._forward_host(bottom, top)
+
+    def _forward_global(self, bottom, top):
+        """The global batch's tuples (every worker the same); this worker's rows."""
+        comm, xp = self._comm, self.xp
+        n = bottom[0].shape[0]
+        data = comm.allgather(xp.ascontiguousarray(bottom[0].data))
+        labels = comm.allgather(xp.ascontiguousarray(bottom[1].data).reshape(n))
+        shapes = [(comm.size * n,) + tuple(t.shape[1:]) for t in top]
+        if [a.shape for a in self._global_tops] != shapes:
+            self._global_tops = [xp.empty(shape, self.dtype) for shape in shapes]
+        bottoms = [_Arrays(data), _Arrays(labels)]
+        tops = [_Arrays(a) for a in self._global_tops]
+        if self.use_kernels:
+            self._forward_kernels(bottoms, tops)
+        else:
+            self._forward_host(bottoms, tops)
+        rows = slice(comm.rank * n, (comm.rank + 1) * n)
+        for t, full in zip(top, self._global_tops):
+            t.data[...] = full[rows]
+
+    def _forward_host(self, bottom, top):
         data = to_numpy(bottom[0].data)
         labels_f = to_numpy(bottom[1].data).ravel()
         labels = np.rint(labels_f).astype(np.int64)

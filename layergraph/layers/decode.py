@@ -55,6 +55,13 @@ Refit (``refit_centroids: true``, target CENTROID only)
     blobs, so it classifies with the refit centroids; TRAIN updates continue
     from them.
 
+Data-parallel training (:mod:`layergraph.distributed`): the TRAIN update
+uses the global batch -- the workers' embeddings and labels gathered in rank
+order (two allgathers of N x D and N x C numbers), with M = cache_size * the
+global batch -- so the state stays the same on every worker and equals that
+of one worker with the whole batch; the distances are each worker's own
+rows.
+
 Kernel path (GPU and its emulation): kernels/decode.cu, one launch for the
 distances, one for the TRAIN update (centroids and counts, or the ring
 buffers, and the update counter) and one for the centroids top; the state stays
@@ -119,6 +126,21 @@ class Decode(Layer):
         if self.use_kernels:
             self._ignored = C.ignored_mask_array(self.xp, L, self.ignore_labels)
             self._knn_scratch = None  # per (item, label) distances to the cache slots
+        self._comm = None  # data-parallel: the workers' communicator
+
+    def data_parallel(self, comm):
+        """Data-parallel training on ``comm``: TRAIN updates from the gathered
+        global batch (see the module docstring)."""
+        self._comm = comm if comm.size > 1 else None
+
+    def _global(self, *arrays):
+        """The arrays of every worker stacked in rank order (data-parallel),
+        else as they are; and the factor from this batch to the global one."""
+        if self._comm is None:
+            return arrays + (1,)
+        xp = self.xp
+        return tuple(self._comm.allgather(xp.ascontiguousarray(a)) for a in arrays) + (
+            self._comm.size,)
 
     # ----------------------------------------------------------- shapes --
     def reshape(self, bottom, top):
@@ -155,6 +177,7 @@ class Decode(Layer):
 
         if self.update:
             labels = C.item_labels(self, bottom[1], bottom[0].shape)
+            x, labels, workers = self._global(x, labels)
             valid = C.ignore_mask(xp, labels, self.ignore_labels)
             C.check_label_range(self, labels, self.num_labels, valid)
             if self.knn:
@@ -162,7 +185,7 @@ class Decode(Layer):
                             x, labels, valid)
             else:
                 C.update_centroids(xp, self.blobs[0].data, self.blobs[1].data, x, labels,
-                                   valid, self.cache_size * n)
+                                   valid, self.cache_size * n * workers)
             self.blobs[2].data[...] += 1
 
         if len(top) > 1:
@@ -186,8 +209,9 @@ class Decode(Layer):
         """Install refit centroids: per-label sums (L, D) and counts (L,) of
         the embeddings of a source; ``batch_size`` is this layer's N, which
         sets the count limit M = cache_size * N (see the module docstring)."""
+        workers = self._comm.size if self._comm is not None else 1
         C.refit_centroids(self.xp, self.blobs[0].data, self.blobs[1].data, sums, n,
-                          self.cache_size * batch_size)
+                          self.cache_size * batch_size * workers)
 
     def _forward_kernels(self, bottom, top):
         """forward on the kernel path: the same results, every step on the device."""
@@ -208,6 +232,8 @@ class Decode(Layer):
 
         if self.update:
             labels, cols = C.label_columns(xp, bottom[1], n)
+            x, labels, workers = self._global(x, labels.reshape(n, cols))
+            n *= workers
             if self.knn:
                 self.launch("decode_push_ring", n, L, cap, D, x, labels, cols, self._ignored,
                             state, counts, self.blobs[3].data, updates, grid=L)
