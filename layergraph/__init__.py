@@ -10,7 +10,17 @@ Models and solvers are prototxt files; layers run on NumPy (CPU) and CuPy
 New layer types: subclass :class:`Layer` and decorate with
 :func:`register_layer` (or use the ``Python`` layer type from a prototxt).
 """
-from .backend import Backend, get_backend
+import os as _os
+
+# Thread pools on the CPU (set before NumPy loads OpenBLAS; a program that
+# imported NumPy first keeps OpenBLAS's defaults).  After each matrix product
+# OpenBLAS's idle threads spin for 2^28 cycles (~0.1 s) by default, holding
+# the cores that the compiled loops (layergraph.cpu_kernels, OpenMP) and NumPy
+# need between two products; 2^4 puts them to sleep at once.  Measured on the
+# TripletNet_28x28 step, 2 cores: 65 -> 54 ms (benchmarks/bench_triplet.py).
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .backend import Backend, get_backend  # noqa: E402
 from .blob import Blob
 from .errors import (DataError, DatasetNotFoundError, DivergedError, GPUError, KernelCompileError, LayerError,
                      LayergraphError, NetError, PrototxtError, ShapeError, SnapshotError,

@@ -34,15 +34,34 @@ typedef long long i64;
 
 namespace {
 
+// body(begin, end) on one contiguous share of [0, n) per OpenMP thread.  The
+// loops themselves live in functions of their own (the *_items below) that
+// take every size by value: inside an OpenMP region the compiler sees shared
+// variables through a pointer and, fearing aliasing, reloads them on every
+// access -- which cost the 2x2 pooling loop a factor 2.5.
+template <typename Body>
+void parallel_for(i64 n, const Body& body) {
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 t = 0, nt = 1;
+#endif
+    body(n * t / nt, n * (t + 1) / nt);
+  }
+}
+
 // ------------------------------------------------------------ im2col ----
 template <typename T>
-void im2col(const T* x, i64 n_img, int channels, int height, int width, int kh, int kw,
-            int ph, int pw, int sh, int sw, int dh, int dw, int ho, int wo, T* col) {
+__attribute__((noinline)) void im2col_items(const T* x, i64 n_img, int channels, int height,
+                                            int width, int kh, int kw, int ph, int pw, int sh,
+                                            int sw, int dh, int dw, int ho, int wo, T* col,
+                                            i64 begin, i64 end) {
   const i64 plane = (i64)ho * wo;
-  const i64 rows = (i64)channels * kh * kw;
-#pragma omp parallel for collapse(2) schedule(guided)
-  for (i64 row = 0; row < rows; ++row) {
-    for (i64 n = 0; n < n_img; ++n) {
+  for (i64 item = begin; item < end; ++item) {  // item = (row, n)
+    {
+      const i64 row = item / n_img, n = item % n_img;
       const int j = (int)(row % kw), i = (int)((row / kw) % kh);
       const i64 c = row / ((i64)kw * kh);
       const T* src = x + (n * channels + c) * height * width;
@@ -72,15 +91,25 @@ void im2col(const T* x, i64 n_img, int channels, int height, int width, int kh, 
   }
 }
 
+template <typename T>
+void im2col(const T* x, i64 n_img, int channels, int height, int width, int kh, int kw,
+            int ph, int pw, int sh, int sw, int dh, int dw, int ho, int wo, T* col) {
+  parallel_for((i64)channels * kh * kw * n_img, [=](i64 b, i64 e) {
+    im2col_items<T>(x, n_img, channels, height, width, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo,
+                    col, b, e);
+  });
+}
+
 // dx[n, c] = sum over taps (i, j) of the tap's column block, added in tap
 // order (i, j) -- the order of the NumPy reference.  One output plane per
 // iteration, so no two threads write the same element.
 template <typename T>
-void col2im(const T* col, i64 n_img, int channels, int height, int width, int kh, int kw,
-            int ph, int pw, int sh, int sw, int dh, int dw, int ho, int wo, T* dx) {
+__attribute__((noinline)) void col2im_items(const T* col, i64 n_img, int channels, int height,
+                                            int width, int kh, int kw, int ph, int pw, int sh,
+                                            int sw, int dh, int dw, int ho, int wo, T* dx,
+                                            i64 begin, i64 end) {
   const i64 plane = (i64)ho * wo;
-#pragma omp parallel for schedule(guided)
-  for (i64 nc = 0; nc < n_img * channels; ++nc) {
+  for (i64 nc = begin; nc < end; ++nc) {
     const i64 n = nc / channels, c = nc % channels;
     T* dst = dx + nc * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
@@ -108,12 +137,23 @@ void col2im(const T* col, i64 n_img, int channels, int height, int width, int kh
   }
 }
 
+template <typename T>
+void col2im(const T* col, i64 n_img, int channels, int height, int width, int kh, int kw,
+            int ph, int pw, int sh, int sw, int dh, int dw, int ho, int wo, T* dx) {
+  parallel_for(n_img * channels, [=](i64 b, i64 e) {
+    col2im_items<T>(col, n_img, channels, height, width, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo,
+                    dx, b, e);
+  });
+}
+
 // top[n, o, p] = rows[o, n*P + p] (+ bias[o])
 template <typename T>
-void rows_to_nchw(const T* rows, const T* bias, i64 n_img, int out_ch, i64 plane, T* top) {
-#pragma omp parallel for collapse(2) schedule(guided)
-  for (i64 n = 0; n < n_img; ++n) {
-    for (i64 o = 0; o < out_ch; ++o) {
+__attribute__((noinline)) void rows_to_nchw_items(const T* rows, const T* bias, i64 n_img,
+                                                  int out_ch, i64 plane, T* top, i64 begin,
+                                                  i64 end) {
+  for (i64 item = begin; item < end; ++item) {  // item = (n, o)
+    {
+      const i64 n = item / out_ch, o = item % out_ch;
       const T* src = rows + (o * n_img + n) * plane;
       T* dst = top + (n * out_ch + o) * plane;
       const T b = bias ? bias[o] : T(0);
@@ -126,11 +166,18 @@ void rows_to_nchw(const T* rows, const T* bias, i64 n_img, int out_ch, i64 plane
   }
 }
 
+template <typename T>
+void rows_to_nchw(const T* rows, const T* bias, i64 n_img, int out_ch, i64 plane, T* top) {
+  parallel_for(n_img * out_ch, [=](i64 b, i64 e) {
+    rows_to_nchw_items<T>(rows, bias, n_img, out_ch, plane, top, b, e);
+  });
+}
+
 // rows[o, n*P + p] = dy[n, o, p]; dbias[o] += sum of dy[:, o, :] (if dbias)
 template <typename T>
-void nchw_to_rows(const T* dy, i64 n_img, int out_ch, i64 plane, T* rows, T* dbias) {
-#pragma omp parallel for schedule(guided)
-  for (i64 o = 0; o < out_ch; ++o) {
+__attribute__((noinline)) void nchw_to_rows_items(const T* dy, i64 n_img, int out_ch, i64 plane,
+                                                  T* rows, T* dbias, i64 begin, i64 end) {
+  for (i64 o = begin; o < end; ++o) {
     double total = 0.0;
     for (i64 n = 0; n < n_img; ++n) {
       const T* src = dy + (n * out_ch + o) * plane;
@@ -146,42 +193,46 @@ void nchw_to_rows(const T* dy, i64 n_img, int out_ch, i64 plane, T* rows, T* dbi
   }
 }
 
+template <typename T>
+void nchw_to_rows(const T* dy, i64 n_img, int out_ch, i64 plane, T* rows, T* dbias) {
+  parallel_for(out_ch, [=](i64 b, i64 e) {
+    nchw_to_rows_items<T>(dy, n_img, out_ch, plane, rows, dbias, b, e);
+  });
+}
+
 // ----------------------------------------------------------- pooling ----
 // Window (r, s) covers rows r*sh - ph .. + kh - 1 and columns s*sw - pw ..
 // + kw - 1, clipped to the image; MAX keeps the first maximum in row-major
 // order (Caffe's rule on ties); a window past the image gives -FLT_MAX (the
 // float's lowest) and argmax -1.
 template <typename T>
-void max_pool_forward(const T* x, i64 planes, int height, int width, int ho, int wo, int kh,
-                      int kw, int sh, int sw, int ph, int pw, T* y, int32_t* argmax) {
+__attribute__((noinline)) void max_pool_forward_items(const T* x, int height, int width, int ho,
+                                                      int wo, int kh, int kw, int sh, int sw,
+                                                      int ph, int pw, T* y, int32_t* argmax,
+                                                      i64 begin, i64 end) {
   const T lowest = T(-FLT_MAX);  // Caffe's start, whatever T (as the NumPy path)
   const bool tiles = kh == sh && kw == sw && ph == 0 && pw == 0 && ho * kh <= height &&
                      wo * kw <= width;
-#pragma omp parallel for schedule(guided)
-  for (i64 pc = 0; pc < planes; ++pc) {
+  for (i64 pc = begin; pc < end; ++pc) {
     const T* src = x + pc * height * width;
     T* out = y + pc * ho * wo;
     int32_t* idx = argmax + pc * ho * wo;
-    if (tiles && kh == 2 && kw == 2) {  // LeNet's 2x2/2, branch-free: random data
-      for (int r = 0; r < ho; ++r) {    // would mispredict every other compare
+    if (tiles && kh == 2 && kw == 2) {  // LeNet's 2x2/2 without branches: on random
+      for (int r = 0; r < ho; ++r) {    // data a branch per compare mispredicts (7x slower)
         const T* a = src + (i64)(2 * r) * width;
         const T* b = a + width;
         T* o = out + (i64)r * wo;
         int32_t* k = idx + (i64)r * wo;
+        const int base = 2 * r * width;
         for (int s = 0; s < wo; ++s) {
           const T v0 = a[2 * s], v1 = a[2 * s + 1], v2 = b[2 * s], v3 = b[2 * s + 1];
-          // strict > keeps the earlier tap on ties (Caffe's first maximum)
-          const bool g1 = v1 > v0;
-          T m = g1 ? v1 : v0;
-          int tap = g1 ? 1 : 0;
-          const bool g2 = v2 > m;
-          m = g2 ? v2 : m;
-          tap = g2 ? 2 : tap;
-          const bool g3 = v3 > m;
-          m = g3 ? v3 : m;
-          tap = g3 ? 3 : tap;
-          o[s] = m;
-          k[s] = (2 * r + (tap >> 1)) * width + 2 * s + (tap & 1);
+          // strict > keeps the earlier tap on ties (Caffe's first maximum in
+          // row-major order); std::max(p, q) is p unless q > p
+          const int right_a = v1 > v0, right_b = v3 > v2;
+          const T top = std::max(v0, v1), bottom = std::max(v2, v3);
+          const int lower = bottom > top;
+          o[s] = std::max(top, bottom);
+          k[s] = base + 2 * s + right_a + lower * (width + right_b - right_a);
         }
       }
       continue;
@@ -212,12 +263,20 @@ void max_pool_forward(const T* x, i64 planes, int height, int width, int ho, int
   }
 }
 
+template <typename T>
+void max_pool_forward(const T* x, i64 planes, int height, int width, int ho, int wo, int kh,
+                      int kw, int sh, int sw, int ph, int pw, T* y, int32_t* argmax) {
+  parallel_for(planes, [=](i64 b, i64 e) {
+    max_pool_forward_items<T>(x, height, width, ho, wo, kh, kw, sh, sw, ph, pw, y, argmax, b, e);
+  });
+}
+
 // dx = 0; dx[argmax[k]] += dy[k], the windows of a plane in order.
 template <typename T>
-void max_pool_backward(const T* dy, const int32_t* argmax, i64 planes, int height, int width,
-                       int ho, int wo, T* dx) {
-#pragma omp parallel for schedule(guided)
-  for (i64 pc = 0; pc < planes; ++pc) {
+__attribute__((noinline)) void max_pool_backward_items(const T* dy, const int32_t* argmax,
+                                                       int height, int width, int ho, int wo,
+                                                       T* dx, i64 begin, i64 end) {
+  for (i64 pc = begin; pc < end; ++pc) {
     T* dst = dx + pc * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
     const T* grad = dy + pc * ho * wo;
@@ -228,13 +287,21 @@ void max_pool_backward(const T* dy, const int32_t* argmax, i64 planes, int heigh
   }
 }
 
+template <typename T>
+void max_pool_backward(const T* dy, const int32_t* argmax, i64 planes, int height, int width,
+                       int ho, int wo, T* dx) {
+  parallel_for(planes, [=](i64 b, i64 e) {
+    max_pool_backward_items<T>(dy, argmax, height, width, ho, wo, dx, b, e);
+  });
+}
+
 // Caffe's divisor: (min(hs + kh, H + ph) - hs) * (min(ws + kw, W + pw) - ws),
 // padding counted; 0 for a window past the image.
 template <typename T>
-void ave_pool_forward(const T* x, i64 planes, int height, int width, int ho, int wo, int kh,
-                      int kw, int sh, int sw, int ph, int pw, T* y) {
-#pragma omp parallel for schedule(guided)
-  for (i64 pc = 0; pc < planes; ++pc) {
+__attribute__((noinline)) void ave_pool_forward_items(const T* x, int height, int width, int ho, int wo,
+                                              int kh, int kw, int sh, int sw, int ph, int pw,
+                                              T* y, i64 begin, i64 end) {
+  for (i64 pc = begin; pc < end; ++pc) {
     const T* src = x + pc * height * width;
     T* out = y + pc * ho * wo;
     for (int r = 0; r < ho; ++r) {
@@ -260,10 +327,18 @@ void ave_pool_forward(const T* x, i64 planes, int height, int width, int ho, int
 }
 
 template <typename T>
-void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, int wo, int kh,
-                       int kw, int sh, int sw, int ph, int pw, T* dx) {
-#pragma omp parallel for schedule(guided)
-  for (i64 pc = 0; pc < planes; ++pc) {
+void ave_pool_forward(const T* x, i64 planes, int height, int width, int ho, int wo, int kh, int kw,
+            int sh, int sw, int ph, int pw, T* y) {
+  parallel_for(planes, [=](i64 b, i64 e) {
+    ave_pool_forward_items<T>(x, height, width, ho, wo, kh, kw, sh, sw, ph, pw, y, b, e);
+  });
+}
+
+template <typename T>
+__attribute__((noinline)) void ave_pool_backward_items(const T* dy, int height, int width, int ho, int wo,
+                                              int kh, int kw, int sh, int sw, int ph, int pw,
+                                              T* dx, i64 begin, i64 end) {
+  for (i64 pc = begin; pc < end; ++pc) {
     T* dst = dx + pc * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
     const T* grad = dy + pc * ho * wo;
@@ -287,6 +362,14 @@ void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, i
       }
     }
   }
+}
+
+template <typename T>
+void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, int wo, int kh, int kw,
+            int sh, int sw, int ph, int pw, T* dx) {
+  parallel_for(planes, [=](i64 b, i64 e) {
+    ave_pool_backward_items<T>(dy, height, width, ho, wo, kh, kw, sh, sw, ph, pw, dx, b, e);
+  });
 }
 
 }  // namespace
