@@ -31,6 +31,34 @@ def _size(text):
     return h, w
 
 
+def _labels(text):
+    """A label spec -> sorted label numbers: '0-4' -> [0..4], '0,2,4-6' ->
+    [0, 2, 4, 5, 6].  Only the form is checked here; whether the dataset has
+    those labels is checked by copy_dataset."""
+    values = set()
+    for part in text.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"invalid label spec {text!r} ({part!r} is not a label number or range "
+                f"A-B); expected e.g. 0-4 or 0,2,4-6")
+        lo = int(lo)
+        hi = int(hi) if sep else lo
+        if hi < lo:
+            raise argparse.ArgumentTypeError(
+                f"invalid label spec {text!r}: the range {lo}-{hi} runs backwards "
+                f"(write {hi}-{lo})")
+        if hi - lo >= _MAX_LABELS or len(values) >= _MAX_LABELS:
+            raise argparse.ArgumentTypeError(
+                f"invalid label spec {text!r}: more than {_MAX_LABELS:,} labels")
+        values.update(range(lo, hi + 1))
+    return sorted(values)
+
+
+_MAX_LABELS = 1_000_000  # labels a spec may name (a typo like 0-4000000000 stops here)
+
+
 def add_data_commands(subparsers):
     """Register ``data`` and its sub-commands on an argparse subparsers object."""
     common = argparse.ArgumentParser(add_help=False)
@@ -56,16 +84,31 @@ def add_data_commands(subparsers):
                    help="without --source: use the shipped sample, do not try to download")
     p.set_defaults(func=cmd_mnist)
 
-    p = sub.add_parser("copy", parents=[common], help="copy a dataset, capping images per label",
-                       description="Copy a dataset, keeping at most --max-per-label images of "
-                                   "each label in both sources (a random subset, fixed by "
-                                   "--seed).")
+    p = sub.add_parser(
+        "copy", parents=[common], help="copy a dataset: some labels, capped per label",
+        description="Copy a dataset, keeping only the images of some labels (--labels or "
+                    "--exclude-labels) and/or at most --max-per-label images of each label, "
+                    "in both sources (a random subset, fixed by --seed).  With --labels or "
+                    "--exclude-labels the labels kept are renumbered 0..L-1 in sorted order "
+                    "(--no-auto-label keeps their numbers); the catalog records the mapping.",
+        epilog="examples (the unseen-label protocol: train on 0-4, judge retrieval on 5-9):\n"
+               "  layergraph data copy --source MNIST --output MNIST.seen --labels 0-4\n"
+               "  layergraph data copy --source MNIST --output MNIST.unseen --labels 5-9\n"
+               "  layergraph data copy --source MNIST --output MNIST.odd --labels 1,3,5-9 "
+               "--max-per-label 30 --seed 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, metavar="NAME", help="dataset to copy")
     p.add_argument("--output", required=True, metavar="NAME", help="new dataset name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--labels", type=_labels, metavar="SPEC",
+                       help="keep only these labels: numbers and ranges, e.g. 0-4 or 0,2,4-6")
+    which.add_argument("--exclude-labels", type=_labels, metavar="SPEC",
+                       help="keep every label but these (same form as --labels)")
     p.add_argument("--max-per-label", type=int, metavar="N", help="cap per label and source")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subset (default 0)")
-    p.add_argument("--auto-label", action="store_true",
-                   help="renumber the labels 0..L-1 in sorted order (MyCaffe's COPY creator)")
+    p.add_argument("--auto-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="renumber the labels 0..L-1 in sorted order (MyCaffe's COPY creator; "
+                        "default: on with --labels/--exclude-labels, else off)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.set_defaults(func=cmd_copy)
 
@@ -180,9 +223,19 @@ def cmd_copy(args):
     _apply_db(args)
     info = imagedb.copy_dataset(args.source, args.output, max_per_label=args.max_per_label,
                                 seed=args.seed, auto_label=args.auto_label,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, labels=args.labels,
+                                exclude_labels=args.exclude_labels)
     print(f"created dataset {info['name']}: {info['origin']}")
     print(f"  {_summary(info)}")
+    renumbered = info.get("source_labels")
+    if renumbered and any(int(new) != old for new, old in renumbered.items()):
+        pairs = [f"{old}->{new}" for new, old in
+                 sorted(renumbered.items(), key=lambda kv: int(kv[0]))]
+        shown = pairs[:_LABELS_PRINTED]
+        more = len(pairs) - len(shown)
+        print("  labels renumbered: " + ", ".join(shown) + (f", ... ({more} more)" if more
+                                                             else "")
+              + " (the catalog keeps the mapping: source_labels, label_names)")
     return 0
 
 

@@ -234,35 +234,67 @@ def create_mnist(source_dir=None, name="MNIST", root=None, overwrite=False, down
 
 # -------------------------------------------------------------------- copy --
 
-def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, root=None,
-                 overwrite=False):
-    """Copy dataset ``source`` to ``output``, keeping at most ``max_per_label``
-    images of each label in each split (a random subset drawn with ``seed``,
-    kept in the source's order).  ``auto_label`` (MyCaffe's COPY creator)
-    renumbers the labels found in either split to 0..L-1 in sorted order."""
+def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=None, root=None,
+                 overwrite=False, labels=None, exclude_labels=None):
+    """Copy dataset ``source`` to ``output``.
+
+    ``labels`` (an iterable of ints) keeps only the images of those labels,
+    ``exclude_labels`` drops those labels' images -- in both splits; every
+    label named must occur in the source (either split).  This makes the
+    splits of the unseen-label protocol: ``labels=range(5)`` and
+    ``exclude_labels=range(5)`` are complements.
+
+    ``max_per_label`` then keeps at most that many images of each label in
+    each split (a random subset drawn with ``seed``, kept in the source's
+    order).  The subset of one label does not depend on which other labels
+    are kept: ``labels=[0, 1]`` with ``max_per_label=30, seed=s`` copies the
+    same images of 0 and 1 as ``max_per_label=30, seed=s`` alone.
+
+    ``auto_label`` (MyCaffe's COPY creator) renumbers the labels kept to
+    0..L-1 in sorted order (label 5, 6, ..., 9 become 0, ..., 4, as a net
+    with ``label_count: 5`` needs); the default (None) renumbers when
+    ``labels`` or ``exclude_labels`` is given and not otherwise.  When
+    renumbered, the catalog records the mapping: ``label_names`` {new: the
+    old label's name (its number when it had none)} and ``source_labels``
+    {new: the old label number}.
+    """
     check_name(output)
     src_info = dataset_info(source, root)
     if output == source:
         raise DataError(f"copy: the output dataset must differ from the source '{source}'")
     if max_per_label is not None and max_per_label < 1:
         raise DataError(f"copy: --max-per-label must be at least 1, got {max_per_label}")
+    if labels is not None and exclude_labels is not None:
+        raise DataError("copy: give --labels or --exclude-labels, not both")
+    present = sorted({int(k) for split in SPLITS
+                      for k in src_info["sources"][split]["label_counts"]})
+    wanted = _select_labels(source, present, labels, exclude_labels)
+    filtered = wanted is not None
+    if auto_label is None:
+        auto_label = filtered
     selected = {}  # split -> (positions kept, their labels); pixels are read per chunk
     for split_no, split in enumerate(SPLITS):
         src = open_source(f"{source}.{split}", "IMAGEDB", root)
         try:
-            labels = src.labels()
+            split_labels = src.labels()
             keep = []
             rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, split_no]))
-            for label in np.unique(labels):
-                members = np.flatnonzero(labels == label)
+            for label in np.unique(split_labels):
+                members = np.flatnonzero(split_labels == label)
+                # draw for every label, kept or not, so that a label's subset
+                # is the same whichever labels are selected
                 if max_per_label is not None and len(members) > max_per_label:
                     members = rng.choice(members, max_per_label, replace=False)
-                keep.append(members)
+                if not filtered or int(label) in wanted:
+                    keep.append(members)
             keep = np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-            selected[split] = (keep, labels[keep])
+            selected[split] = (keep, split_labels[keep])
             shape = src.shape
         finally:
             src.close()
+    if filtered and not len(selected["training"][0]):
+        raise DataError(f"copy: dataset '{source}' has no training images of label(s) "
+                        f"{format_labels(wanted)} (they occur only in its testing split)")
     mapping = None
     if auto_label:
         found = np.unique(np.concatenate([selected[s][1] for s in SPLITS]))
@@ -276,22 +308,67 @@ def copy_dataset(source, output, max_per_label=None, seed=0, auto_label=False, r
             src = open_source(f"{source}.{split}", "IMAGEDB", root)
             try:
                 for start in range(0, len(keep), step):
-                    images, labels = src.read(keep[start:start + step])
+                    images, chunk_labels = src.read(keep[start:start + step])
                     if mapping is not None:
-                        labels = np.array([mapping[int(v)] for v in labels], np.int64)
-                    writer.add(split, images, labels)
+                        chunk_labels = np.array([mapping[int(v)] for v in chunk_labels],
+                                                np.int64)
+                    writer.add(split, images, chunk_labels)
             finally:
                 src.close()
         names = src_info.get("label_names")
         if mapping is not None:
             writer.label_names = {new: (names or {}).get(str(old), str(old))
                                   for old, new in mapping.items()}
+            writer.meta["source_labels"] = {str(new): old for old, new in mapping.items()}
         elif names:
-            writer.label_names = {int(k): v for k, v in names.items()}
-        cap = f", at most {max_per_label} per label (seed {seed})" if max_per_label else ""
-        writer.meta["origin"] = (f"copy of '{source}'{cap}"
-                                 + (", labels renumbered 0..L-1" if auto_label else ""))
+            kept = {int(v) for s in SPLITS for v in selected[s][1].tolist()}
+            writer.label_names = {int(k): v for k, v in names.items()
+                                  if not filtered or int(k) in kept}
+        parts = [f"copy of '{source}'"]
+        if filtered:
+            parts.append(f"labels {format_labels(wanted)}")
+        if max_per_label:
+            parts.append(f"at most {max_per_label} per label (seed {seed})")
+        if auto_label:
+            parts.append("labels renumbered 0..L-1")
+        writer.meta["origin"] = ", ".join(parts)
     return writer.info
+
+
+def format_labels(values):
+    """Sorted label numbers as ranges: [0, 1, 2, 4, 6, 7] -> '0-2,4,6-7'."""
+    values = sorted(set(int(v) for v in values))
+    runs = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _select_labels(source, present, labels, exclude_labels):
+    """The set of labels ``copy_dataset`` keeps (None: all), after checking
+    that every label named occurs in the source."""
+    named = labels if labels is not None else exclude_labels
+    if named is None:
+        return None
+    flag = "--labels" if labels is not None else "--exclude-labels"
+    try:
+        named = {int(v) for v in named}
+    except (TypeError, ValueError):
+        raise DataError(f"copy: {flag} must be label numbers, got {named!r}") from None
+    if not named:
+        raise DataError(f"copy: {flag} names no label")
+    missing = named - set(present)
+    if missing:
+        raise DataError(f"copy: dataset '{source}' has no label {format_labels(missing)} "
+                        f"({flag}); its labels: {format_labels(present)}")
+    wanted = named if labels is not None else set(present) - named
+    if not wanted:
+        raise DataError(f"copy: --exclude-labels {format_labels(named)} leaves no label of "
+                        f"dataset '{source}'")
+    return wanted
 
 
 # ------------------------------------------------------------------ images --
