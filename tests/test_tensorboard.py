@@ -85,7 +85,8 @@ def test_progress_lines_when_stderr_is_not_a_terminal(project, capsys):
                  "--progress-seconds", "0"])
     assert code == 0
     err = capsys.readouterr().err
-    lines = re.findall(r"^iteration (\d+)/6, loss (\S+), (\d+) images/s, ETA (\d+:\d\d:\d\d)$",
+    lines = re.findall(r"^iteration (\d+)/6, loss (\S+), (\d+) images/s from the data layer"
+                       r"(?: \(\d+ through the weight-shared towers\))?, ETA (\d+:\d\d:\d\d)$",
                        err, re.M)
     assert [int(it) for it, *_ in lines] == [1, 2, 3, 4, 5, 6], err
     assert all(float(loss) >= 0 for _, loss, _, _ in lines)
@@ -95,7 +96,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(project, capsys):
 def test_quiet_prints_no_progress(project, capsys):
     assert main(["train", "--solver", str(project / "solver.prototxt"), "--quiet",
                  "--progress-seconds", "0"]) == 0
-    assert "images/s, ETA" not in capsys.readouterr().err
+    assert "images/s from the data layer" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------- the event file ----

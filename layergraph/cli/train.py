@@ -49,16 +49,20 @@ class _Progress:
 
     def _line(self, solver, record):
         now = time.monotonic()
-        self._rates.append(record["images_per_s"])
+        self._rates.append((record["images_per_s"], record.get("tower_images_per_s")))
         if now - self._last[0] < self.every:
             return
         t0, it0 = self._start
         done = solver.iter - it0
         left = max(solver.param.max_iter - solver.iter, 0)
         eta = (now - t0) / max(done, 1) * left
-        rate = sum(self._rates) / len(self._rates)
+        rate = sum(r for r, _ in self._rates) / len(self._rates)
+        towers = [t for _, t in self._rates if t]
+        speed = f"{rate:.0f} images/s from the data layer"
+        if towers:
+            speed += f" ({sum(towers) / len(towers):.0f} through the weight-shared towers)"
         print(f"iteration {solver.iter}/{solver.param.max_iter}, loss "
-              f"{solver.smoothed_loss:.4g}, {rate:.0f} images/s, ETA {_duration(eta)}",
+              f"{solver.smoothed_loss:.4g}, {speed}, ETA {_duration(eta)}",
               file=sys.stderr, flush=True)
         self._last, self._rates = (now, solver.iter), []
 
@@ -73,8 +77,11 @@ class _Progress:
             self._line(solver, record)
         elif self.bar is not None:
             self.bar.update(1)
+            speed = {"data_img_s": f"{record['images_per_s']:.0f}"}
+            if record.get("tower_images_per_s"):   # the towers' images (3 per triplet)
+                speed["tower_img_s"] = f"{record['tower_images_per_s']:.0f}"
             self.bar.set_postfix(loss=f"{solver.smoothed_loss:.4g}", lr=f"{record['lr']:.3g}",
-                                 img_s=f"{record['images_per_s']:.0f}", refresh=False)
+                                 **speed, refresh=False)
 
     def close(self):
         if self.bar is not None:
