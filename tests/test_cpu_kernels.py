@@ -114,3 +114,30 @@ def test_layers_report_their_path():
         layer = make_layer(_conv("num_output: 2 kernel_size: 3"), dtype=np.float32)
         setup_layer(layer, [np.zeros((1, 1, 5, 5), np.float32)])
     assert not layer.cpu_loops
+
+
+@pytest.mark.parametrize("template", ["TripletNet_28x28", "Siamese_28x28"])
+def test_templates_train_alike_on_both_paths(template, db, tmp_path):
+    """The seed tutorial's numbers do not move with the path: the same seed
+    gives the same losses, step after step, to float32 rounding."""
+    from layergraph.solver import Solver
+    from layergraph.tools.evaluate import new_from_template
+    new_from_template(template, "TINY", str(tmp_path / "run"))
+    curves = []
+    for loops in (False, True):
+        with cpu_kernels.disabled() if not loops else _nothing():
+            solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None)
+        assert any(getattr(layer, "cpu_loops", False) for layer in solver.net.layers) == loops
+        losses = []
+        solver.add_callback(type("Record", (), {
+            "on_iteration": lambda self, s, record: losses.append(record["loss"])})())
+        solver.step(8)
+        solver.close()
+        curves.append(np.array(losses))
+    assert len(curves[0]) == 8 and curves[0].std() > 0
+    np.testing.assert_allclose(curves[1], curves[0], rtol=2e-4, atol=1e-6)
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
