@@ -4,7 +4,7 @@ MNIST (the shipped sample) and Fashion-MNIST, labels 0-4 seen, 5-9 unseen.
 
     apt-get install dataset-fashion-mnist      # /usr/share/datasets/fashion-mnist
     python benchmarks/unseen_labels.py [--iterations 1500] [--seeds 1 2 3]
-        [--datasets MNIST FASHION] [--seen 0-4] [--db DIR] [--runs DIR]
+        [--datasets MNIST FASHION] [--seen 0-4] [--db DIR] [--runs DIR] [--resume]
         [--json benchmarks/results/unseen_labels.json]
 
 For each dataset D (created if missing: `data mnist`, the shipped sample
@@ -226,6 +226,9 @@ def main():
     parser.add_argument("--db", help="image database root")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "unseen_labels"),
                         help="where the runs go (default runs/unseen_labels, ignored by git)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the runs an interrupted invocation finished "
+                             "(<runs>/rows.jsonl)")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results",
                                                        "unseen_labels.json"))
     args = parser.parse_args()
@@ -233,6 +236,16 @@ def main():
         os.environ["LAYERGRAPH_DB"] = os.path.abspath(args.db)
     seen = parse_labels(args.seen)
     os.makedirs(args.runs, exist_ok=True)
+    # every finished run is appended to <runs>/rows.jsonl; --resume reuses them
+    rows_path = os.path.join(args.runs, "rows.jsonl")
+    done = {}
+    if args.resume and os.path.exists(rows_path):
+        with open(rows_path) as f:
+            for line in f:
+                r = json.loads(line)
+                done[(r["dataset"], r["config"], r["seed"], r["iterations"])] = r
+    elif os.path.exists(rows_path):
+        os.remove(rows_path)
     start = time.time()
     rows, datasets = [], {}
     for dataset in args.datasets:
@@ -255,7 +268,14 @@ def main():
               + ", ".join(f"{SHORT[k]} {v:.4f}" for k, v in pixels.items()), flush=True)
         for config in DATASET_CONFIGS[dataset]:
             for seed in args.seeds:
-                row = train_and_evaluate(dataset, config, seed, seen_name, unseen_name, args)
+                key = (dataset, config, seed, 0 if config == "untrained" else args.iterations)
+                if key in done:
+                    row = done[key]
+                else:
+                    row = train_and_evaluate(dataset, config, seed, seen_name, unseen_name,
+                                             args)
+                    with open(rows_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     unseen = [v for v in present if v not in seen]
@@ -264,7 +284,9 @@ def main():
               "iterations": args.iterations, "seeds": args.seeds,
               "query": "unseen testing split", "reference": "unseen training split",
               "datasets": datasets, "summary": summarize(rows), "runs": rows,
-              "total_seconds": round(time.time() - start, 1)}
+              "total_seconds": round(time.time() - start, 1),
+              "run_seconds_sum": round(sum(r["train_seconds"] + r["evaluate_seconds"]
+                                           for r in rows), 1)}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
