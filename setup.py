@@ -51,6 +51,7 @@ setup(
         "matplotlib>=3.5",
         "scikit-learn>=1.1",
         "tqdm>=4.60",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         # CuPy runs the kernels of kernels/ on an NVIDIA GPU (CUDA 12)

@@ -4,6 +4,7 @@ testing split, over several seeds; raw-pixel baselines on the same draws.
 
     python benchmarks/seed_tutorial.py [--template TripletNet_28x28] [--seeds 1 2 3]
         [--per-label 30] [--iterations N] [--dataset MNIST] [--db DIR] [--out DIR]
+        [--edit "OLD=>NEW" ...] [--tag NAME]
 
 With --per-label 0 the whole training split is used (the full-data runs).
 For each seed s: `data copy --max-per-label 30 --seed s` (a different draw of
@@ -81,13 +82,32 @@ def pixel_baselines(train_name, dataset):
     return nn1, ncc
 
 
+def apply_edits(path, edits):
+    """Each edit is "OLD=>NEW": OLD must occur in the file."""
+    with open(path) as f:
+        text = f.read()
+    for edit in edits:
+        old, sep, new = edit.partition("=>")
+        if not sep or old not in text:
+            raise SystemExit(f"--edit {edit!r}: expected OLD=>NEW with OLD in {path}")
+        text = text.replace(old, new)
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", default="TripletNet_28x28")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--per-label", type=int, default=30,
                         help="training images per label (0: the whole training split)")
-    parser.add_argument("--iterations", type=int, help="override the solver's max_iter")
+    parser.add_argument("--iterations", type=int,
+                        help="max_iter; the schedule (stepvalue, test_interval) scales with it")
+    parser.add_argument("--edit", action="append", default=[], metavar="OLD=>NEW",
+                        help="replace text in the copied train_val.prototxt (a variant of "
+                             "the template, measured without editing it); repeatable")
+    parser.add_argument("--tag", default="",
+                        help="suffix for the run folders and the JSON (variants side by side)")
     parser.add_argument("--dataset", default="MNIST")
     parser.add_argument("--db", help="image database root")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "seed_tutorial"),
@@ -108,11 +128,10 @@ def main():
         if not store.dataset_exists(few):
             from layergraph.imagedb.creators import copy_dataset
             copy_dataset(args.dataset, few, max_per_label=args.per_label, seed=seed)
-        run_dir = os.path.join(args.out, "runs", f"{args.template}_s{seed}")
-        new_from_template(args.template, few, run_dir, force=True)
+        run_dir = os.path.join(args.out, "runs", f"{args.template}{args.tag}_s{seed}")
+        new_from_template(args.template, few, run_dir, force=True, max_iter=args.iterations)
+        apply_edits(os.path.join(run_dir, "train_val.prototxt"), args.edit)
         overrides = {"random_seed": seed, "snapshot": 0}
-        if args.iterations:
-            overrides["max_iter"] = args.iterations
         solver = Solver(os.path.join(run_dir, "solver.prototxt"), log=None, overrides=overrides)
         solver.add_callback(Progress(f"seed {seed}", args.progress_seconds))
         t0 = time.time()
@@ -131,7 +150,7 @@ def main():
                ["count"], "iterations": solver.iter, "train_seconds": round(train_s, 1),
                "accuracy_model_centroids": acc_model,
                "accuracy_training_centroids": acc_train,
-               "pixel_1nn": nn1, "pixel_ncc": ncc}
+               "pixel_1nn": nn1, "pixel_ncc": ncc, "edits": args.edit}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{args.template} on {args.per_label} images/label, tested on all of "
@@ -141,7 +160,7 @@ def main():
         v = np.array([r[key] for r in rows])
         print(f"  {key:<28} mean {v.mean():.2%}  std {v.std(ddof=1) if len(v) > 1 else 0:.2%}"
               f"  min {v.min():.2%}  max {v.max():.2%}")
-    path = os.path.join(args.out, f"seed_tutorial_{args.template}.json")
+    path = os.path.join(args.out, f"seed_tutorial_{args.template}{args.tag}.json")
     with open(path, "w") as f:
         json.dump(rows, f, indent=2)
     print(f"wrote {path}")

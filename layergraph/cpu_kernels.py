@@ -168,3 +168,108 @@ def call(name, dtype, *args):
         else:
             c_args.append(a)
     fn(*c_args)
+
+
+# ------------------------------------------------------ the batch split ----
+# OpenBLAS splits a matrix product over the cores well when it is square, and
+# badly when it is skinny: conv1 of the templates (20 x 25 @ 25 x 110,592)
+# runs *slower* on two BLAS threads than on one.  A layer that knows its
+# batch can do better: cut the batch into one part per core and run each
+# part -- im2col, matrix product, layout change, col2im -- on a thread of its
+# own, with the BLAS and the OpenMP loops at one thread meanwhile.  NumPy and
+# ctypes release the GIL in all of these, so the parts run side by side.
+
+_pool = None
+_blas = None
+
+
+def batch_threads():
+    """Threads a layer splits its batch over: ``LAYERGRAPH_BATCH_THREADS``
+    if set (1 turns the split off), else the loops' thread count."""
+    value = os.environ.get("LAYERGRAPH_BATCH_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return _threads()
+
+
+def batch_parts(n, min_items=2):
+    """The batch [0, n) cut into one contiguous (begin, end) per thread
+    (fewer when a part would hold under ``min_items`` items); one part --
+    no split -- when the compiled loops are off or one thread is asked for."""
+    threads = batch_threads() if available(np.float32) else 1
+    parts = max(1, min(threads, n // max(min_items, 1)))
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def _blas_controllers():
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # threadpoolctl missing or a BLAS it does not know
+            _blas = []
+    return _blas
+
+
+def _one_thread():
+    library().lg_set_threads(1)
+
+
+_pinned = 0   # 1 inside the outermost one_blas_thread() that pinned the BLAS
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """The BLAS at one thread while a net's pass runs with split batches
+    (Net.forward_prefilled / backward enter it).  Toggling it around each
+    layer instead costs more than the split gains: the BLAS's second
+    thread, woken by the products between two split layers, competes with
+    the parts (TripletNet_28x28 step, 2 cores: 42 ms pinned for the pass,
+    60-78 ms toggled per layer, 52-57 ms without the split).  Restored on
+    exit, so products outside a net keep every thread."""
+    global _pinned
+    if _pinned or batch_threads() < 2 or library() is None:  # nested, or no split
+        yield
+        return
+    blas = _blas_controllers()
+    saved = [c.get_num_threads() for c in blas]
+    for c in blas:
+        c.set_num_threads(1)
+    _pinned = 1
+    try:
+        yield
+    finally:
+        _pinned = 0
+        for c, n in zip(blas, saved):
+            c.set_num_threads(n)
+
+
+def run_parts(body, parts):
+    """``body(i)`` for i in range(parts), side by side: part 0 on this
+    thread, the others on a pool; BLAS and OpenMP at one thread while they
+    run (the BLAS stays so inside :func:`one_blas_thread`).  An exception in
+    any part is raised here."""
+    if parts == 1:
+        body(0)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers < parts - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="layergraph-batch",
+                                   initializer=_one_thread)
+    lib = library()
+    with one_blas_thread():
+        omp = lib.lg_get_threads()
+        lib.lg_set_threads(1)
+        try:
+            futures = [_pool.submit(body, i) for i in range(1, parts)]
+            try:
+                body(0)
+            finally:
+                errors = [f.exception() for f in futures]
+            for error in errors:
+                if error is not None:
+                    raise error
+        finally:
+            lib.lg_set_threads(omp)

@@ -22,6 +22,7 @@ Building a net (``Net(model, phase)``) does, in order:
 The net knows nothing about specific layer types.
 """
 import collections
+import contextlib
 import os
 import warnings
 
@@ -515,6 +516,18 @@ class Net:
             i1 = len(self.layers) - 1 if end is None else self._index_of(end)
             steps = range(i0, i1 + 1)
         self._ran_batched = {}
+        with self._threads():
+            return self._forward_steps(steps, clock)
+
+    def _threads(self):
+        """On the CPU, the BLAS at one thread for the pass: the layers split
+        their batch over the cores themselves (cpu_kernels.one_blas_thread)."""
+        if self.xp is np and self.backend.kernels is None:
+            from . import cpu_kernels
+            return cpu_kernels.one_blas_thread()
+        return contextlib.nullcontext()
+
+    def _forward_steps(self, steps, clock):
         loss = 0.0
         for step in steps:
             if not isinstance(step, int):
@@ -544,6 +557,10 @@ class Net:
 
     def backward(self, clock=None):
         """Back-propagate from every loss top (its diff set to its weight)."""
+        with self._threads():
+            self._backward_steps(clock)
+
+    def _backward_steps(self, clock):
         ran_batched = getattr(self, "_ran_batched", {})
         for step in reversed(self.schedule):
             if not isinstance(step, int):

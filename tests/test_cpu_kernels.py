@@ -53,6 +53,81 @@ def test_convolution_loops_match_numpy(param, shape):
     assert any("bottom_diff" in k for k in report) and any("param_diff" in k for k in report)
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 5 kernel_size: 3 pad: 1", (7, 3, 6, 6)),       # 7 images: unequal parts
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1", (5, 6, 5, 5)),
+    ("num_output: 3 kernel_size: 2 bias_term: false stride: 2", (4, 2, 6, 6)),
+])
+def test_convolution_batch_split_matches_numpy(param, shape, threads, monkeypatch):
+    """The batch cut into parts run on threads of their own (LAYERGRAPH_BATCH_THREADS):
+    same top, bottom gradient and summed parameter gradients as the NumPy path."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv(param), dtype=np.float32)
+    setup_layer(layer, [np.zeros(shape, np.float32)])
+    assert len(layer._parts) == min(int(threads), shape[0] // 2)
+    report = compare_backends(_conv(param), [RNG.standard_normal(shape)], backend="cpu",
+                              reference="numpy", iterations=2, rtol=1e-5, atol=1e-6)
+    assert any("param_diff" in k for k in report)
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_inner_product_batch_split_matches_numpy(threads, monkeypatch):
+    """InnerProduct splits y and dx by rows of the batch, dw by its rows."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    monkeypatch.setattr("layergraph.layers.inner_product.SPLIT_WORK", 1)
+    spec = ('type: "InnerProduct" inner_product_param { num_output: 7 '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" } }')
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(spec, dtype=np.float32)
+    setup_layer(layer, [np.zeros((9, 2, 3), np.float32)])
+    assert len(layer._parts) == int(threads)
+    compare_backends(spec, [RNG.standard_normal((9, 2, 3))], backend="cpu", reference="numpy",
+                     iterations=2, rtol=1e-5, atol=1e-6)
+
+
+def test_split_backward_on_fresh_blobs(monkeypatch):
+    """Regression: Blob.diff is allocated on first use; parts touching a
+    fresh diff from two threads lost one part's gradient now and then."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "2")
+    monkeypatch.setattr("layergraph.layers.inner_product.SPLIT_WORK", 1)
+    from layergraph.testing import make_layer, setup_layer
+    x = RNG.standard_normal((64, 300)).astype(np.float32)
+    dy = RNG.standard_normal((64, 200)).astype(np.float32)
+    for _ in range(60):
+        layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 200 '
+                           'weight_filler { type: "gaussian" std: 0.1 } }', dtype=np.float32)
+        bottom, top = setup_layer(layer, [x])
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        np.testing.assert_allclose(layer.blobs[0].diff, dy.T @ x, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(0), rtol=1e-4, atol=1e-4)
+
+
+def test_run_parts_runs_every_part_and_raises_their_errors(monkeypatch):
+    seen = []
+    cpu_kernels.run_parts(lambda i: seen.append(i), 3)
+    assert sorted(seen) == [0, 1, 2]
+
+    def fail(i):
+        if i == 2:
+            raise ValueError("part 2")
+    with pytest.raises(ValueError, match="part 2"):
+        cpu_kernels.run_parts(fail, 3)
+    # the BLAS and OpenMP thread counts are restored after the parts
+    assert cpu_kernels.library().lg_get_threads() == cpu_kernels._threads()
+
+
+def test_batch_parts_cover_the_batch(monkeypatch):
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "3")
+    assert cpu_kernels.batch_parts(7) == [(0, 2), (2, 4), (4, 7)]
+    assert cpu_kernels.batch_parts(3) == [(0, 3)]          # parts of >= 2 images
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "1")
+    assert cpu_kernels.batch_parts(64) == [(0, 64)]
+
+
 @pytest.mark.parametrize("param,shape,tops", POOLINGS)
 def test_pooling_loops_match_numpy(param, shape, tops):
     x = RNG.standard_normal(shape)

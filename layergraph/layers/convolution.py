@@ -109,6 +109,17 @@ def read_convolution_param(layer, bottom, top):
     return p
 
 
+class _Part:
+    """One part of the batch on the compiled CPU path: images [lo, hi), the
+    im2col geometry for them, and their buffers (reused across iterations)."""
+    __slots__ = ("lo", "hi", "window", "col", "out", "dw_t", "dcol", "dbias")
+
+    def __init__(self, lo, hi, window, col, out, dw_t):
+        self.lo, self.hi, self.window = lo, hi, window
+        self.col, self.out, self.dw_t = col, out, dw_t
+        self.dcol = self.dbias = None   # backward only
+
+
 @register_layer("Convolution")
 class Convolution(Layer):
     exact_bottoms = 1
@@ -153,14 +164,17 @@ class Convolution(Layer):
         self.out_size = (ho, wo)
         self.cpu_loops = (not self.use_kernels and xp is np
                           and cpu_kernels.available(dt))
-        if self.cpu_loops:    # NCHW columns, as the kernel path
+        if self.cpu_loops:    # NCHW columns, as the kernel path, per part of the batch
             (sh, sw), (dh, dw) = self.stride, self.dilation
-            self._window = (n, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo)
-            self._col = xp.empty((c * kh * kw, n * ho * wo), dtype=dt)
-            self._out = xp.empty((self.num_output, n * ho * wo), dtype=dt)
-            self._dcol = None                              # backward only
             g, o = self.group, self.num_output
-            self._dw_t = xp.empty((g, c // g * kh * kw, o // g), dtype=dt)  # dw^T per group
+            self._parts = []
+            for lo, hi in cpu_kernels.batch_parts(n):
+                self._parts.append(_Part(
+                    lo, hi, (hi - lo, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo),
+                    col=xp.empty((c * kh * kw, (hi - lo) * ho * wo), dtype=dt),
+                    out=xp.empty((o, (hi - lo) * ho * wo), dtype=dt),
+                    dw_t=xp.empty((g, c // g * kh * kw, o // g), dtype=dt)))  # dw^T per group
+            self._col = self._parts[0].col if len(self._parts) == 1 else None
             return
         if self.use_kernels:  # NCHW columns (C*kh*kw, N*Ho*Wo), rows (c, i, j)
             (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -215,14 +229,20 @@ class Convolution(Layer):
             xp.copyto(top[0].data, self._out_nchw)
 
     def _forward_cpu_loops(self, x, y):
-        """im2col -> GEMM per group -> bias + transpose to NCHW."""
-        dt = self.dtype
-        n, o = self._window[0], self.num_output
-        cpu_kernels.call("im2col", dt, x, *self._window, self._col)
-        self._matmul(self.blobs[0].data, self._col, self._out)
+        """im2col -> GEMM per group -> bias + transpose to NCHW, each part of
+        the batch on a thread of its own (cpu_kernels.run_parts)."""
+        dt, o = self.dtype, self.num_output
+        weight = self.blobs[0].data
         bias = self.blobs[1].data if self.bias_term else None
-        cpu_kernels.call("rows_to_nchw", dt, self._out, bias, n, o,
-                         self.out_size[0] * self.out_size[1], y)
+        plane = self.out_size[0] * self.out_size[1]
+
+        def part(i):
+            p = self._parts[i]
+            cpu_kernels.call("im2col", dt, x[p.lo:p.hi], *p.window, p.col)
+            self._matmul(weight, p.col, p.out)
+            cpu_kernels.call("rows_to_nchw", dt, p.out, bias, p.hi - p.lo, o, plane,
+                             y[p.lo:p.hi])
+        cpu_kernels.run_parts(part, len(self._parts))
 
     def _forward_kernels(self, x, y):
         """im2col -> GEMM per group -> bias + transpose to NCHW: 3 launches."""
@@ -296,35 +316,51 @@ class Convolution(Layer):
 
 
     def _backward_cpu_loops(self, dy, propagate, dx):
-        """dy to GEMM rows (+ bias gradient, same pass) -> dw += GEMM per group
-        (its transpose, into a reused buffer) -> dcol = w^T @ dy -> col2im."""
+        """dy to GEMM rows (+ bias gradient, same pass) -> dw^T = col @ rows^T
+        per group -> dcol = w^T @ dy -> col2im, each part of the batch on a
+        thread of its own; then the parts' dw (and db) are added."""
         xp, g, o, dt = self.xp, self.group, self.num_output, self.dtype
-        n, plane = self._window[0], self.out_size[0] * self.out_size[1]
-        rows = self._out               # the forward output buffer is free now
-        dbias = self.blobs[1].diff if self.bias_term else None
-        cpu_kernels.call("nchw_to_rows", dt, dy, n, o, plane, rows, dbias)
+        plane = self.out_size[0] * self.out_size[1]
         weight = self.blobs[0]
-        cols = rows.shape[1]
-        rows_g = rows.reshape(g, o // g, cols)
-        col_g = self._col.reshape(g, -1, cols)
-        # dw^T = col @ rows^T: OpenBLAS splits this orientation better over
-        # the cores (conv2 of the templates: 5.1 vs 6.9 ms on 2 threads)
-        dw_t = self._dw_t
-        if g == 1:
-            xp.dot(self._col, rows.T, out=dw_t[0])
-        else:
-            xp.matmul(col_g, rows_g.transpose(0, 2, 1), out=dw_t)
-        weight.diff.reshape(g, o // g, -1)[...] += dw_t.transpose(0, 2, 1)
-        if not propagate:
-            return
-        if self._dcol is None:
-            self._dcol = xp.empty_like(self._col)
         w_g = weight.data.reshape(g, o // g, -1)
-        if g == 1:
-            xp.dot(w_g[0].T, rows, out=self._dcol)
-        else:
-            xp.matmul(w_g.transpose(0, 2, 1), rows_g, out=self._dcol.reshape(g, -1, cols))
-        cpu_kernels.call("col2im", dt, self._dcol, *self._window, dx)
+        split = len(self._parts) > 1
+        if self.bias_term and split:
+            for p in self._parts:
+                if p.dbias is None:
+                    p.dbias = xp.empty(o, dtype=dt)
+                p.dbias.fill(0)
+
+        b_diff = self.blobs[1].diff if self.bias_term else None  # allocated here, once
+
+        def part(i):
+            p = self._parts[i]
+            rows = p.out               # the forward output buffer is free now
+            dbias = (p.dbias if split else b_diff) if self.bias_term else None
+            cpu_kernels.call("nchw_to_rows", dt, dy[p.lo:p.hi], p.hi - p.lo, o, plane, rows,
+                             dbias)
+            cols = rows.shape[1]
+            rows_g = rows.reshape(g, o // g, cols)
+            # dw^T = col @ rows^T: OpenBLAS splits this orientation better
+            # over the cores (conv2 of the templates: 5.1 vs 6.9 ms, 2 threads)
+            if g == 1:
+                xp.dot(p.col, rows.T, out=p.dw_t[0])
+            else:
+                xp.matmul(p.col.reshape(g, -1, cols), rows_g.transpose(0, 2, 1), out=p.dw_t)
+            if not propagate:
+                return
+            if p.dcol is None:
+                p.dcol = xp.empty_like(p.col)
+            if g == 1:
+                xp.dot(w_g[0].T, rows, out=p.dcol)
+            else:
+                xp.matmul(w_g.transpose(0, 2, 1), rows_g, out=p.dcol.reshape(g, -1, cols))
+            cpu_kernels.call("col2im", dt, p.dcol, *p.window, dx[p.lo:p.hi])
+        cpu_kernels.run_parts(part, len(self._parts))
+        dw = weight.diff.reshape(g, o // g, -1)
+        for p in self._parts:
+            dw += p.dw_t.transpose(0, 2, 1)
+            if self.bias_term and split:
+                b_diff += p.dbias
 
     def _backward_kernels(self, dy, propagate, dx):
         """dy to GEMM order (+ bias gradient, same kernel) -> dw += GEMM per

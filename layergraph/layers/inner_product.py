@@ -11,14 +11,27 @@ Backward:
 
     dw += dy^T x  (transpose: x^T dy),   db += sum_m dy[m],   dx = dy w  (transpose: dy w^T)
 
+On the CPU, with the compiled loops available (layergraph.cpu_kernels), a
+batch big enough is cut into one part per core, each run on a thread of its
+own with the BLAS at one thread: rows of y and dx by parts of the batch, dw
+by parts of its rows (output units), so no part adds into another's.
+
 On the kernel path (GPU and its emulation) the forward pass is the same GEMM
 + broadcast bias add (2 launches; a hand-written kernel would not save one).
 Backward accumulates straight into the parameter diffs: dw with one GEMM
 (beta = 1 on cuBLAS), db as ones (1, M) @ dy with another, dx with a third --
 3 launches instead of the NumPy path's temporaries, adds and copies.
 """
+import numpy as np
+
+from .. import cpu_kernels
 from ..layer import Layer, register_layer
 from ._im2col import matmul_accumulate
+
+
+#: Multiply-adds of a pass below which the batch is not split (the threads'
+#: hand-off would cost more than the second core gains).
+SPLIT_WORK = 4_000_000
 
 
 @register_layer("InnerProduct")
@@ -62,12 +75,28 @@ class InnerProduct(Layer):
                 f"but the weight {self.blobs[0].shape} expects {expected}")
         self.rows = bottom[0].count_range(0, self.axis)
         top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
+        self._parts = self._out_parts = None
+        if (self.xp is np and not self.use_kernels and not self.transpose
+                and self.rows * k * self.num_output >= SPLIT_WORK
+                and cpu_kernels.available(self.dtype)):
+            parts = cpu_kernels.batch_parts(self.rows)
+            if len(parts) > 1:
+                self._parts = parts
+                self._out_parts = cpu_kernels.batch_parts(self.num_output)
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
         x = bottom[0].data.reshape(self.rows, -1)
         w = self.blobs[0].data
         y = top[0].data.reshape(self.rows, self.num_output)
+        if self._parts is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+            def part(i):
+                lo, hi = self._parts[i]
+                np.dot(x[lo:hi], w.T, out=y[lo:hi])
+                if self.bias_term:
+                    y[lo:hi] += self.blobs[1].data
+            cpu_kernels.run_parts(part, len(self._parts))
+            return
         self.xp.dot(x, w if self.transpose else w.T, out=y)
         if self.bias_term:
             y += self.blobs[1].data
@@ -83,6 +112,9 @@ class InnerProduct(Layer):
             return
         if self._dw is None:
             self._dw = xp.empty(weight.shape, dtype=self.dtype)
+        if self._parts is not None and x.flags.c_contiguous:
+            self._backward_parts(dy, x, propagate_down[0], bottom[0].diff)
+            return
         if self.transpose:
             xp.dot(x.T, dy, out=self._dw)
         else:
@@ -97,6 +129,30 @@ class InnerProduct(Layer):
                 xp.dot(dy, w, out=dx.reshape(self.rows, -1))
             else:  # a strided view: reshape would copy
                 dx[...] = xp.dot(dy, w).reshape(dx.shape)
+
+    def _backward_parts(self, dy, x, propagate, dx):
+        """The split backward: part i computes rows out_parts[i] of dw (and
+        db) and rows parts[i] of dx -- disjoint, so nothing is added across
+        parts."""
+        # Blob.diff allocates on first use: take the arrays here, not in
+        # the parts (two threads allocating at once would lose a part)
+        w, dw, w_diff = self.blobs[0].data, self._dw, self.blobs[0].diff
+        b_diff = self.blobs[1].diff if self.bias_term else None
+        dx2 = dx.reshape(self.rows, -1) if propagate and dx.flags.c_contiguous else None
+
+        def part(i):
+            a, b = self._out_parts[i] if i < len(self._out_parts) else (0, 0)
+            if b > a:
+                np.dot(dy[:, a:b].T, x, out=dw[a:b])
+                w_diff[a:b] += dw[a:b]
+                if b_diff is not None:
+                    b_diff[a:b] += dy[:, a:b].sum(axis=0)
+            if dx2 is not None and i < len(self._parts):
+                lo, hi = self._parts[i]
+                np.dot(dy[lo:hi], w, out=dx2[lo:hi])
+        cpu_kernels.run_parts(part, max(len(self._parts), len(self._out_parts)))
+        if propagate and dx2 is None:  # a strided view: reshape would copy
+            dx[...] = np.dot(dy, w).reshape(dx.shape)
 
     def _backward_gemms(self, dy, x, propagate, dx):
         """The kernel path's backward: every product accumulates or writes in
