@@ -216,3 +216,16 @@ def test_templates_train_alike_on_both_paths(template, db, tmp_path):
 def _nothing():
     import contextlib
     return contextlib.nullcontext()
+
+
+def test_time_reports_the_batch_split(db, tmp_path, monkeypatch, capsys):
+    from layergraph.cli import main
+    from layergraph.tools.evaluate import new_from_template
+    new_from_template("TripletNet_28x28", "TINY", str(tmp_path / "run"))
+    model = str(tmp_path / "run" / "train_val.prototxt")
+    for threads, expect in (("2", "conv1 (2 parts), conv2 (2 parts), ip1 (2 parts)"),
+                            ("1", "batch split over threads: none")):
+        monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+        assert main(["time", "--model", model, "--iterations", "1"]) == 0
+        out = capsys.readouterr().out
+        assert expect in out and "conv1_p (" not in out

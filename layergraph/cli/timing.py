@@ -77,6 +77,17 @@ def cmd_time(args):
     elif any(getattr(layer, "cpu_loops", False) for layer in net.layers):
         from .. import cpu_kernels
         print(f"sliding windows: {cpu_kernels.status()[1]}")
+        followers = {j for chain in net.chains for stage in chain.stages for j in stage[1:]}
+        split = [f"{layer.name} ({len(layer._parts)} parts)"
+                 for i, layer in enumerate(net.layers)
+                 if i not in followers and len(getattr(layer, "_parts", None) or ()) > 1]
+        if split:
+            print(f"batch split over threads (LAYERGRAPH_BATCH_THREADS="
+                  f"{cpu_kernels.batch_threads()}; BLAS at 1 thread meanwhile): "
+                  f"{', '.join(split)}")
+        else:
+            print("batch split over threads: none (LAYERGRAPH_BATCH_THREADS="
+                  f"{cpu_kernels.batch_threads()})")
     elif any(layer.type in ("Convolution", "Pooling") for layer in net.layers):
         from .. import cpu_kernels
         print(f"sliding windows: {cpu_kernels.status()[1] if not cpu_kernels.status()[0] else 'NumPy'}")
