@@ -52,6 +52,51 @@ void parallel_for(i64 n, const Body& body) {
   }
 }
 
+// Short rows, fixed width: a window of ho rows x WO columns copied out of
+// (or added into) an image whose rows are `step` apart.  With WO a
+// compile-time constant the inner loop unrolls into a few vector moves; with
+// a run-time width (the loops below) a row of 8 costs a loop set-up each --
+// conv2 of the templates (8 x 8 outputs): im2col 2.1 -> 0.9 ms per 96 images.
+template <typename T, int WO>
+inline void copy_window(const T* src, i64 step, int ho, T* out) {
+  for (int r = 0; r < ho; ++r, src += step, out += WO) {
+#pragma GCC unroll 16
+    for (int s = 0; s < WO; ++s) out[s] = src[s];
+  }
+}
+
+template <typename T, int WO>
+inline void add_window(const T* in, i64 step, int ho, T* dst) {
+  for (int r = 0; r < ho; ++r, dst += step, in += WO) {
+#pragma GCC unroll 16
+    for (int s = 0; s < WO; ++s) dst[s] += in[s];
+  }
+}
+
+#define LG_WIDTH_CASES(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) \
+  X(13) X(14) X(15) X(16)
+
+// false when wo has no fixed-width version (the caller loops instead)
+template <typename T>
+inline bool copy_window_fixed(int wo, const T* src, i64 step, int ho, T* out) {
+  switch (wo) {
+#define LG_CASE(W) case W: copy_window<T, W>(src, step, ho, out); return true;
+    LG_WIDTH_CASES(LG_CASE)
+#undef LG_CASE
+    default: return false;
+  }
+}
+
+template <typename T>
+inline bool add_window_fixed(int wo, const T* in, i64 step, int ho, T* dst) {
+  switch (wo) {
+#define LG_CASE(W) case W: add_window<T, W>(in, step, ho, dst); return true;
+    LG_WIDTH_CASES(LG_CASE)
+#undef LG_CASE
+    default: return false;
+  }
+}
+
 // ------------------------------------------------------------ im2col ----
 template <typename T>
 __attribute__((noinline)) void im2col_items(const T* x, i64 n_img, int channels, int height,
@@ -71,6 +116,10 @@ __attribute__((noinline)) void im2col_items(const T* x, i64 n_img, int channels,
       int s_lo = x_off >= 0 ? 0 : (-x_off + sw - 1) / sw;
       int s_hi = width - 1 - x_off < 0 ? 0 : std::min(wo, (width - 1 - x_off) / sw + 1);
       if (s_lo > s_hi) s_lo = s_hi;
+      const int y0 = i * dh - ph, y_last = (ho - 1) * sh + y0;
+      if (sw == 1 && s_lo == 0 && s_hi == wo && y0 >= 0 && y_last < height &&
+          copy_window_fixed<T>(wo, src + (i64)y0 * width + x_off, (i64)sh * width, ho, dst))
+        continue;                     // the whole window inside the image
       for (int r = 0; r < ho; ++r) {
         T* out = dst + (i64)r * wo;
         const int y = r * sh - ph + i * dh;
@@ -109,9 +158,9 @@ __attribute__((noinline)) void col2im_items(const T* col, i64 n_img, int channel
                                             int sw, int dh, int dw, int ho, int wo, T* dx,
                                             i64 begin, i64 end) {
   const i64 plane = (i64)ho * wo;
-  for (i64 nc = begin; nc < end; ++nc) {
-    const i64 n = nc / channels, c = nc % channels;
-    T* dst = dx + nc * height * width;
+  for (i64 cn = begin; cn < end; ++cn) {  // channel-major: the taps' column rows
+    const i64 c = cn / n_img, n = cn % n_img;  // are then read in order, image by image
+    T* dst = dx + (n * channels + c) * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
     for (int i = 0; i < kh; ++i) {
       for (int j = 0; j < kw; ++j) {
@@ -121,6 +170,10 @@ __attribute__((noinline)) void col2im_items(const T* col, i64 n_img, int channel
         int s_lo = x_off >= 0 ? 0 : (-x_off + sw - 1) / sw;
         int s_hi = width - 1 - x_off < 0 ? 0 : std::min(wo, (width - 1 - x_off) / sw + 1);
         if (s_lo > s_hi) s_lo = s_hi;
+        const int y0 = i * dh - ph, y_last = (ho - 1) * sh + y0;
+        if (sw == 1 && s_lo == 0 && s_hi == wo && y0 >= 0 && y_last < height &&
+            add_window_fixed<T>(wo, src, (i64)sh * width, ho, dst + (i64)y0 * width + x_off))
+          continue;                   // the whole window inside the image
         for (int r = 0; r < ho; ++r) {
           const int y = r * sh - ph + i * dh;
           if (y < 0 || y >= height) continue;
