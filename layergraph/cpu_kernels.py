@@ -216,6 +216,16 @@ def _one_thread():
     library().lg_set_threads(1)
 
 
+def _forget_pool():
+    """In a forked child the pool's threads do not exist: start a new one."""
+    global _pool, _pinned
+    _pool, _pinned = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 _pinned = 0   # 1 inside the outermost one_blas_thread() that pinned the BLAS
 
 

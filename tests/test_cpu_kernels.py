@@ -229,3 +229,22 @@ def test_time_reports_the_batch_split(db, tmp_path, monkeypatch, capsys):
         assert main(["time", "--model", model, "--iterations", "1"]) == 0
         out = capsys.readouterr().out
         assert expect in out and "conv1_p (" not in out
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")
+def test_split_works_in_a_forked_child(monkeypatch):
+    """The pool's threads do not survive fork(): a child starts its own."""
+    import os
+    cpu_kernels.run_parts(lambda i: None, 2)          # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import signal
+            signal.alarm(30)                            # a hang ends the child, not CI
+            seen = []
+            cpu_kernels.run_parts(seen.append, 2)
+            os._exit(0 if sorted(seen) == [0, 1] else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
