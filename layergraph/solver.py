@@ -340,6 +340,7 @@ class Solver:
         self.log_path = None
         self.history = []
         self._work_buffers = {}  # param index -> scratch arrays of the update
+        self._groups = None      # the update split over threads (_update_groups)
         self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
         self.tensorboard = None
         self.reducer = None        # data-parallel: averages the gradients
@@ -479,26 +480,55 @@ class Solver:
             self.iter += 1
             return
         self.clip_gradients()
-        p = self.param
-        n = len(self.net.learnable_params)
-        for i, blob in enumerate(self.net.learnable_params):
-            lr_mult = self.net.params_lr[i]
-            if lr_mult == 0:
-                continue
-            g = blob.diff
-            if p.iter_size > 1:
-                g *= 1.0 / p.iter_size
-            local_decay = p.weight_decay * self.net.params_weight_decay[i]
-            if local_decay:
-                decay = self._work(i)[0]
-                if p.regularization_type == "L2":
-                    blob.xp.multiply(blob.data, local_decay, out=decay)
-                else:
-                    blob.xp.sign(blob.data, out=decay)
-                    decay *= local_decay
-                g += decay
-            blob.data -= self.compute_update(i, n, g, rate * lr_mult)
+        groups = self._update_groups()
+        if len(groups) == 1:
+            for i in groups[0]:
+                self._update_param(i, rate)
+        else:  # each parameter's update on its own: the same bits in any thread
+            from . import cpu_kernels
+            cpu_kernels.run_parts(lambda k: [self._update_param(i, rate) for i in groups[k]],
+                                  len(groups))
         self.iter += 1
+
+    def _update_groups(self):
+        """The learnable parameters (lr_mult != 0) in one group per thread,
+        balanced by size, when the update is worth splitting (CPU, several
+        threads, 100,000+ values); else one group."""
+        if self._groups is None:
+            params = self.net.learnable_params
+            todo = [i for i in range(len(params)) if self.net.params_lr[i] != 0]
+            total = sum(params[i].count for i in todo)
+            threads = 1
+            if self.net.xp is np and total >= 100_000 and len(todo) > 1:
+                from . import cpu_kernels
+                if cpu_kernels.available(params[todo[0]].dtype):
+                    threads = min(cpu_kernels.batch_threads(), len(todo))
+            groups, sizes = [[] for _ in range(threads)], [0] * threads
+            for i in sorted(todo, key=lambda i: -params[i].count):
+                k = sizes.index(min(sizes))
+                groups[k].append(i)
+                sizes[k] += params[i].count
+            self._groups = [sorted(g) for g in groups if g] or [[]]
+        return self._groups
+
+    def _update_param(self, i, rate):
+        """Weight decay into the gradient, then data -= the rule's update."""
+        p = self.param
+        blob = self.net.learnable_params[i]
+        g = blob.diff
+        if p.iter_size > 1:
+            g *= 1.0 / p.iter_size
+        local_decay = p.weight_decay * self.net.params_weight_decay[i]
+        if local_decay:
+            decay = self._work(i)[0]
+            if p.regularization_type == "L2":
+                blob.xp.multiply(blob.data, local_decay, out=decay)
+            else:
+                blob.xp.sign(blob.data, out=decay)
+                decay *= local_decay
+            g += decay
+        blob.data -= self.compute_update(i, len(self.net.learnable_params), g,
+                                         rate * self.net.params_lr[i])
 
     def apply_update_kernels(self, rate):
         """Steps 3-5 on a kernel backend: one fused launch per learnable blob

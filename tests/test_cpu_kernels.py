@@ -248,3 +248,32 @@ def test_split_works_in_a_forked_child(monkeypatch):
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("solver_type", ["SGD", "Adam", "AdaDelta"])
+def test_update_split_over_threads_is_bit_identical(solver_type, db, tmp_path, monkeypatch):
+    """The solver update runs parameter by parameter on the parts' threads:
+    the same bits as one thread, whatever the grouping."""
+    from layergraph.solver import Solver
+    from layergraph.tools.evaluate import new_from_template
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "2")
+    new_from_template("TripletNet_28x28", "TINY", str(tmp_path / "run"))
+    solvers = []
+    for _ in range(2):
+        solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None,
+                        overrides={"type": solver_type, "momentum": 0.9, "weight_decay": 1e-3})
+        solvers.append(solver)
+    solvers[1]._groups = [sorted(i for g in solvers[0]._update_groups() for i in g)]
+    assert len(solvers[0]._update_groups()) == 2
+    rng = np.random.default_rng(0)
+    for step in range(3):
+        grads = [rng.standard_normal(b.shape).astype(b.dtype)
+                 for b in solvers[0].net.learnable_params]
+        for solver in solvers:
+            for b, g in zip(solver.net.learnable_params, grads):
+                b.diff[...] = g
+            solver.apply_update()
+    for a, b in zip(solvers[0].net.learnable_params, solvers[1].net.learnable_params):
+        np.testing.assert_array_equal(a.data, b.data)
+    for solver in solvers:
+        solver.close()
