@@ -228,9 +228,10 @@ def busy_notes(summary, engines=("layergraph", "torch")):
     busy = [d["cores_busy"] for d in details]
     total = sum(len([e for e in engines if e in row]) for entry in summary.values()
                 for row in entry["threads"].values())
+    who = ", ".join(sorted({f"{d['engine']} {d['case']} {d['threads']} thr" for d in details}))
     line = (f"note: {len(details)} of {total} measurements kept fewer cores busy than they "
-            f"had threads for (median over rounds {min(busy):.2f}-{max(busy):.2f} cores): "
-            f"other processes held the CPU, so these figures are noisy")
+            f"had threads for (median over rounds {min(busy):.2f}-{max(busy):.2f} cores: "
+            f"{who}): serial work in the engine's step, or other processes holding the CPU")
     return line, details
 
 

@@ -4,7 +4,7 @@ testing split, over several seeds; raw-pixel baselines on the same draws.
 
     python benchmarks/seed_tutorial.py [--template TripletNet_28x28] [--seeds 1 2 3]
         [--per-label 30] [--iterations N] [--dataset MNIST] [--db DIR] [--out DIR]
-        [--edit "OLD=>NEW" ...] [--tag NAME]
+        [--edit "OLD=>NEW" ...] [--set FIELD=VALUE ...] [--tag NAME]
 
 With --per-label 0 the whole training split is used (the full-data runs).
 For each seed s: `data copy --max-per-label 30 --seed s` (a different draw of
@@ -106,6 +106,8 @@ def main():
     parser.add_argument("--edit", action="append", default=[], metavar="OLD=>NEW",
                         help="replace text in the copied train_val.prototxt (a variant of "
                              "the template, measured without editing it); repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a solver field (e.g. weight_decay=5e-4); repeatable")
     parser.add_argument("--tag", default="",
                         help="suffix for the run folders and the JSON (variants side by side)")
     parser.add_argument("--dataset", default="MNIST")
@@ -132,6 +134,9 @@ def main():
         new_from_template(args.template, few, run_dir, force=True, max_iter=args.iterations)
         apply_edits(os.path.join(run_dir, "train_val.prototxt"), args.edit)
         overrides = {"random_seed": seed, "snapshot": 0}
+        for item in args.set:
+            field, _, value = item.partition("=")
+            overrides[field] = float(value) if "." in value or "e" in value else int(value)
         solver = Solver(os.path.join(run_dir, "solver.prototxt"), log=None, overrides=overrides)
         solver.add_callback(Progress(f"seed {seed}", args.progress_seconds))
         t0 = time.time()
@@ -150,7 +155,7 @@ def main():
                ["count"], "iterations": solver.iter, "train_seconds": round(train_s, 1),
                "accuracy_model_centroids": acc_model,
                "accuracy_training_centroids": acc_train,
-               "pixel_1nn": nn1, "pixel_ncc": ncc, "edits": args.edit}
+               "pixel_1nn": nn1, "pixel_ncc": ncc, "edits": args.edit + args.set}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"\n{args.template} on {args.per_label} images/label, tested on all of "

@@ -75,7 +75,7 @@ def test_max_iter_scales_the_schedule(db, tmp_path):
     new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "r"), max_iter=6000)
     text = (tmp_path / "r" / "solver.prototxt").read_text()
     assert _field(text, "max_iter") == [6000]
-    assert _field(text, "stepvalue") == [3000, 3999, 5001]  # 1000, 1333, 1667 x 3
+    assert _field(text, "stepvalue") == [3000, 4000, 5000]  # 1500, 2000, 2500 x 2
     assert _field(text, "snapshot") == [3000]
     readme = tmp_path / "r" / "README.md"
     if readme.exists():
