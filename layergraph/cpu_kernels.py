@@ -1,4 +1,5 @@
-"""The CPU's compiled sliding-window loops (``kernels/cpu/window_ops.cpp``).
+"""The CPU's compiled loops: sliding windows (``kernels/cpu/window_ops.cpp``)
+and the fused SGD/Adam updates (``kernels/cpu/solver_ops.cpp``).
 
 NumPy runs each array loop on one core, and a sliding window costs it
 several passes.  Convolution (im2col, col2im, the layout changes around its
@@ -36,7 +37,11 @@ _lock = threading.Lock()
 _library = None
 _error = None
 SOURCE = os.path.join("cpu", "window_ops.cpp")
-FLAGS = ["-std=c++17", "-O3", "-shared", "-fPIC", "-fopenmp", "-w"]
+SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp")]
+#: -ffp-contract=off: no fused multiply-adds, so the solver updates round as
+#: the NumPy path's separate float32 operations do (bit for bit);
+#: -fno-math-errno lets sqrt vectorise (it changes no result)
+FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp", "-w"]
 
 _I64, _INT, _PTR = ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p
 #: argument types after the pointer arguments, per function
@@ -68,11 +73,13 @@ def _threads():
 
 def _build():
     from .kernels import kernel_dir
-    path = os.path.join(kernel_dir(), SOURCE)
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    paths = [os.path.join(kernel_dir(), name) for name in SOURCES]
+    sources = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            sources.append(f.read())
     compiler = os.environ.get("CXX", "g++")
-    key = hashlib.sha256("\0".join([source, compiler] + FLAGS).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\0".join(sources + [compiler] + FLAGS).encode()).hexdigest()[:20]
     out_dir = _cache_dir()
     lib_path = os.path.join(out_dir, f"window_ops-{key}.so")
     if not os.path.exists(lib_path):
@@ -80,14 +87,14 @@ def _build():
         with tempfile.TemporaryDirectory() as tmp:
             tmp_lib = os.path.join(tmp, "k.so")
             try:
-                proc = subprocess.run([compiler, *FLAGS, path, "-o", tmp_lib],
+                proc = subprocess.run([compiler, *FLAGS, *paths, "-o", tmp_lib],
                                       capture_output=True, text=True)
             except OSError as exc:
                 raise RuntimeError(f"no C++ compiler '{compiler}' ({exc.strerror})") from None
             if proc.returncode != 0:
                 first = next((line for line in proc.stderr.splitlines() if "error" in line),
                              proc.stderr.strip()[:200])
-                raise RuntimeError(f"{SOURCE} did not compile: {first}")
+                raise RuntimeError(f"kernels/cpu did not compile: {first}")
             os.replace(tmp_lib, f"{lib_path}.{os.getpid()}")
             os.replace(f"{lib_path}.{os.getpid()}", lib_path)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -96,6 +103,11 @@ def _build():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"lg_{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, None
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        fn = getattr(lib, f"lg_sgd_update_{suffix}")
+        fn.argtypes, fn.restype = [_PTR] * 3 + [_I64, real, _INT, _INT] + [real] * 3, None
+        fn = getattr(lib, f"lg_adam_update_{suffix}")
+        fn.argtypes, fn.restype = [_PTR] * 4 + [_I64, real, _INT, _INT] + [real] * 7, None
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
     lib.lg_set_threads(_threads())
@@ -153,6 +165,11 @@ def set_threads(n):
     lib = library()
     if lib is not None:
         lib.lg_set_threads(int(n))
+
+
+def suffix(dtype):
+    """The loops' name suffix for ``dtype`` (f32 or f64)."""
+    return _SUFFIX[np.dtype(dtype)]
 
 
 def call(name, dtype, *args):

@@ -341,6 +341,7 @@ class Solver:
         self.history = []
         self._work_buffers = {}  # param index -> scratch arrays of the update
         self._groups = None      # the update split over threads (_update_groups)
+        self._fused = None       # SGD/Adam through the compiled one-pass loops
         self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
         self.tensorboard = None
         self.reducer = None        # data-parallel: averages the gradients
@@ -480,55 +481,110 @@ class Solver:
             self.iter += 1
             return
         self.clip_gradients()
+        if self._fused_update(rate):
+            self.iter += 1
+            return
         groups = self._update_groups()
         if len(groups) == 1:
-            for i in groups[0]:
-                self._update_param(i, rate)
-        else:  # each parameter's update on its own: the same bits in any thread
+            for i, lo, hi in groups[0]:
+                self._update_param(i, rate, lo, hi)
+        else:  # elementwise rules: any cut of the arrays gives the same bits
             from . import cpu_kernels
-            cpu_kernels.run_parts(lambda k: [self._update_param(i, rate) for i in groups[k]],
-                                  len(groups))
+            cpu_kernels.run_parts(
+                lambda k: [self._update_param(i, rate, lo, hi) for i, lo, hi in groups[k]],
+                len(groups))
         self.iter += 1
 
+    def _fused_update(self, rate):
+        """SGD and Adam on the CPU through the compiled one-pass loops
+        (kernels/cpu/solver_ops.cpp: the same float32 operations in the same
+        order as compute_update, so the same bits); False where they do not
+        apply (another solver type or backend, no compiler,
+        LAYERGRAPH_CPU_KERNELS=0) -- the NumPy path then runs."""
+        params = self.net.learnable_params
+        if self._fused is None:
+            from . import cpu_kernels
+            self._fused = (self.type in ("SGD", "Adam") and self.net.xp is np and bool(params)
+                           and all(cpu_kernels.available(b.dtype) for b in params))
+        if not self._fused:
+            return False
+        from . import cpu_kernels
+        p, n = self.param, len(params)
+        lib = cpu_kernels.library()
+        scale = p.iter_size > 1
+        for i, blob in enumerate(params):
+            lr_mult = self.net.params_lr[i]
+            if lr_mult == 0:
+                continue
+            data, diff, h = blob.data, blob.diff, self.history[i]
+            if not (data.flags.c_contiguous and diff.flags.c_contiguous):
+                raise SolverError(f"parameter {i}: data/diff not contiguous")  # pragma: no cover
+            suffix = cpu_kernels.suffix(blob.dtype)
+            decay = p.weight_decay * self.net.params_weight_decay[i]
+            reg = (REG_NONE if not decay
+                   else REG_L2 if p.regularization_type == "L2" else REG_L1)
+            head = (data.ctypes.data, diff.ctypes.data, h.ctypes.data)
+            common = (blob.count, 1.0 / p.iter_size, int(scale), reg, decay)
+            lr = rate * lr_mult
+            if self.type == "SGD":
+                getattr(lib, f"lg_sgd_update_{suffix}")(*head, *common, p.momentum, lr)
+            else:
+                b1, b2, t = p.momentum, p.momentum2, self.iter + 1
+                correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+                getattr(lib, f"lg_adam_update_{suffix}")(
+                    *head, self.history[i + n].ctypes.data, *common, b1, 1.0 - b1, b2,
+                    1.0 - b2, lr * correction, p.delta)
+        return True
+
     def _update_groups(self):
-        """The learnable parameters (lr_mult != 0) in one group per thread,
-        balanced by size, when the update is worth splitting (CPU, several
-        threads, 100,000+ values); else one group."""
+        """The learnable parameters (lr_mult != 0) as (index, begin, end)
+        ranges of their flattened arrays, one group per thread of equal
+        size, when the update is worth splitting (CPU, several threads,
+        100,000+ values); else one group of whole arrays."""
         if self._groups is None:
             params = self.net.learnable_params
             todo = [i for i in range(len(params)) if self.net.params_lr[i] != 0]
             total = sum(params[i].count for i in todo)
             threads = 1
-            if self.net.xp is np and total >= 100_000 and len(todo) > 1:
+            if self.net.xp is np and total >= 100_000 and todo:
                 from . import cpu_kernels
                 if cpu_kernels.available(params[todo[0]].dtype):
-                    threads = min(cpu_kernels.batch_threads(), len(todo))
-            groups, sizes = [[] for _ in range(threads)], [0] * threads
-            for i in sorted(todo, key=lambda i: -params[i].count):
-                k = sizes.index(min(sizes))
-                groups[k].append(i)
-                sizes[k] += params[i].count
-            self._groups = [sorted(g) for g in groups if g] or [[]]
+                    threads = cpu_kernels.batch_threads()
+            groups = [[] for _ in range(threads)]
+            k, room = 0, -(-total // threads)      # values left for group k
+            for i in todo:
+                lo, count = 0, params[i].count
+                while lo < count:
+                    take = count - lo if k == threads - 1 else min(count - lo, room)
+                    groups[k].append((i, lo, lo + take))
+                    lo += take
+                    room -= take
+                    if room == 0 and k < threads - 1:
+                        k, room = k + 1, -(-total // threads)
+            self._groups = [g for g in groups if g] or [[]]
         return self._groups
 
-    def _update_param(self, i, rate):
-        """Weight decay into the gradient, then data -= the rule's update."""
+    def _update_param(self, i, rate, lo=0, hi=None):
+        """Weight decay into the gradient, then data -= the rule's update, on
+        values [lo, hi) of parameter ``i`` (flattened)."""
         p = self.param
         blob = self.net.learnable_params[i]
-        g = blob.diff
+        sl = slice(lo, hi)
+        g = blob.diff.reshape(-1)[sl]
+        data = blob.data.reshape(-1)[sl]
         if p.iter_size > 1:
             g *= 1.0 / p.iter_size
         local_decay = p.weight_decay * self.net.params_weight_decay[i]
         if local_decay:
-            decay = self._work(i)[0]
+            decay = self._work(i)[0].reshape(-1)[sl]
             if p.regularization_type == "L2":
-                blob.xp.multiply(blob.data, local_decay, out=decay)
+                blob.xp.multiply(data, local_decay, out=decay)
             else:
-                blob.xp.sign(blob.data, out=decay)
+                blob.xp.sign(data, out=decay)
                 decay *= local_decay
             g += decay
-        blob.data -= self.compute_update(i, len(self.net.learnable_params), g,
-                                         rate * self.net.params_lr[i])
+        data -= self.compute_update(i, len(self.net.learnable_params), g,
+                                    rate * self.net.params_lr[i], sl)
 
     def apply_update_kernels(self, rate):
         """Steps 3-5 on a kernel backend: one fused launch per learnable blob
@@ -584,15 +640,15 @@ class Solver:
                                             blob.xp.empty_like(blob.data))
         return work
 
-    def compute_update(self, i, n, g, lr):
+    def compute_update(self, i, n, g, lr, sl=slice(None)):
         """The update value for learnable parameter ``i`` (see module doc),
         returned in a scratch array (valid until the next call).  Written
         with ``out=`` operations in the order of the formulas, so each step
         rounds exactly as the plain expressions would (python scalars are
         rounded to float32 first, NumPy's rule)."""
         p, xp = self.param, self.net.xp
-        h = self.history[i]
-        s1, s2 = self._work(i)
+        h = self.history[i].reshape(-1)[sl]       # values sl of the flattened arrays
+        s1, s2 = (w.reshape(-1)[sl] for w in self._work(i))
         if self.type == "SGD":            # h = m h + lr g
             h *= p.momentum
             h += xp.multiply(g, lr, out=s1)
@@ -616,7 +672,7 @@ class Solver:
             s2 += p.delta
             s1 /= s2
             return s1
-        h2 = self.history[i + n]
+        h2 = self.history[i + n].reshape(-1)[sl]
         if self.type == "AdaDelta":
             h *= p.momentum               # h = m h + (1 - m) g^2
             xp.multiply(g, 1.0 - p.momentum, out=s1)

@@ -250,10 +250,15 @@ def test_split_works_in_a_forked_child(monkeypatch):
     assert os.WEXITSTATUS(status) == 0
 
 
-@pytest.mark.parametrize("solver_type", ["SGD", "Adam", "AdaDelta"])
-def test_update_split_over_threads_is_bit_identical(solver_type, db, tmp_path, monkeypatch):
-    """The solver update runs parameter by parameter on the parts' threads:
-    the same bits as one thread, whatever the grouping."""
+@pytest.mark.parametrize("solver_type,extra", [
+    ("SGD", {}), ("Adam", {}), ("AdaDelta", {}),
+    ("SGD", {"regularization_type": "L1", "iter_size": 2}),
+    ("Adam", {"regularization_type": "L1", "iter_size": 2}),
+])
+def test_cpu_updates_are_bit_identical_to_numpy(solver_type, extra, db, tmp_path, monkeypatch):
+    """SGD and Adam run as one compiled pass per parameter
+    (kernels/cpu/solver_ops.cpp), the other rules parameter range by range
+    on the parts' threads: the same bits as the NumPy path on one thread."""
     from layergraph.solver import Solver
     from layergraph.tools.evaluate import new_from_template
     monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "2")
@@ -261,10 +266,18 @@ def test_update_split_over_threads_is_bit_identical(solver_type, db, tmp_path, m
     solvers = []
     for _ in range(2):
         solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None,
-                        overrides={"type": solver_type, "momentum": 0.9, "weight_decay": 1e-3})
+                        overrides={"type": solver_type, "momentum": 0.9, "weight_decay": 1e-3,
+                                   **extra})
         solvers.append(solver)
-    solvers[1]._groups = [sorted(i for g in solvers[0]._update_groups() for i in g)]
-    assert len(solvers[0]._update_groups()) == 2
+    params = solvers[1].net.learnable_params
+    solvers[1]._fused = False                                  # the NumPy reference
+    solvers[1]._groups = [[(i, 0, params[i].count) for i in range(len(params))]]
+    groups = solvers[0]._update_groups()
+    sizes = [sum(hi - lo for _, lo, hi in g) for g in groups]
+    assert len(groups) == 2 and abs(sizes[0] - sizes[1]) <= 1      # halves, arrays cut
+    covered = sorted(r for g in groups for r in g)
+    for (i, lo, hi), (j, lo2, hi2) in zip(covered, covered[1:]):
+        assert (j, lo2) == (i, hi) or (j == i + 1 and lo2 == 0 and hi == params[i].count)
     rng = np.random.default_rng(0)
     for step in range(3):
         grads = [rng.standard_normal(b.shape).astype(b.dtype)
@@ -273,7 +286,11 @@ def test_update_split_over_threads_is_bit_identical(solver_type, db, tmp_path, m
             for b, g in zip(solver.net.learnable_params, grads):
                 b.diff[...] = g
             solver.apply_update()
+    assert solvers[0]._fused == (solver_type in ("SGD", "Adam"))
     for a, b in zip(solvers[0].net.learnable_params, solvers[1].net.learnable_params):
         np.testing.assert_array_equal(a.data, b.data)
+        np.testing.assert_array_equal(a.diff, b.diff)
+    for a, b in zip(solvers[0].history, solvers[1].history):
+        np.testing.assert_array_equal(a, b)
     for solver in solvers:
         solver.close()

@@ -1,0 +1,103 @@
+// The CPU's fused solver updates: one pass over a parameter's arrays where
+// the NumPy path (Solver.compute_update) makes ten or more, each streaming
+// the whole array through the cache (Adam on ip1's 400,000 weights: ~12
+// passes of 1.6 MB).  Built into the same library as window_ops.cpp by
+// layergraph/cpu_kernels.py.
+//
+// Bit for bit the NumPy path: the same float32 operations in the same order
+// (each scalar rounded to float32 first, as NumPy rounds a Python float
+// against a float32 array), compiled without contraction into FMAs
+// (-ffp-contract=off) and without -ffast-math; sqrt and division are IEEE
+// (-fno-math-errno only lets sqrt vectorise: it no longer sets errno).
+// tests/test_cpu_kernels.py compares the two exactly.
+//
+// Per value, with g = diff (written back, as the NumPy path's in-place ops):
+//   g *= iter_scale                          (when iter_scale != 1)
+//   g += decay * w      (L2)   or  g += decay * sign(w)   (L1)
+//   SGD:  h = h * m + g * lr;                           w -= h
+//   Adam: h = h * b1 + g * (1 - b1)
+//         h2 = h2 * b2 + (g * (1 - b2)) * g
+//         w -= (h * lr_c) / (sqrt(h2) + delta)           (lr_c: lr times the bias correction)
+#include <cmath>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef long long i64;
+
+namespace {
+
+template <typename T>
+inline T regularised(T g, T w, T iter_scale, int scale, int reg, T decay) {
+  if (scale) g = g * iter_scale;
+  if (reg == 1) {
+    g = g + w * decay;
+  } else if (reg == 2) {
+    const T s = w > T(0) ? T(1) : (w < T(0) ? T(-1) : w);  // np.sign: keeps +-0 (and NaN)
+    g = g + s * decay;
+  }
+  return g;
+}
+
+template <typename T>
+__attribute__((noinline)) void sgd_items(T* __restrict__ w, T* __restrict__ diff,
+                                         T* __restrict__ h, i64 begin, i64 end, T iter_scale,
+                                         int scale, int reg, T decay, T momentum, T lr) {
+  for (i64 k = begin; k < end; ++k) {
+    const T g = regularised(diff[k], w[k], iter_scale, scale, reg, decay);
+    diff[k] = g;
+    const T v = h[k] * momentum + g * lr;
+    h[k] = v;
+    w[k] = w[k] - v;
+  }
+}
+
+template <typename T>
+__attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ diff,
+                                          T* __restrict__ h, T* __restrict__ h2, i64 begin, i64 end,
+                                          T iter_scale, int scale, int reg, T decay, T b1, T c1,
+                                          T b2, T c2, T lr_c, T delta) {
+  for (i64 k = begin; k < end; ++k) {
+    const T g = regularised(diff[k], w[k], iter_scale, scale, reg, decay);
+    diff[k] = g;
+    const T m = h[k] * b1 + g * c1;
+    const T v = h2[k] * b2 + (g * c2) * g;
+    h[k] = m;
+    h2[k] = v;
+    w[k] = w[k] - (m * lr_c) / (std::sqrt(v) + delta);
+  }
+}
+
+template <typename Body>
+void parallel_for(i64 n, const Body& body) {
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 t = 0, nt = 1;
+#endif
+    body(n * t / nt, n * (t + 1) / nt);
+  }
+}
+
+}  // namespace
+
+#define LG_SOLVER_OPS(T, SUFFIX)                                                              \
+  extern "C" void lg_sgd_update_##SUFFIX(T* w, T* diff, T* h, i64 n, T iter_scale, int scale,  \
+                                         int reg, T decay, T momentum, T lr) {                \
+    parallel_for(n, [=](i64 b, i64 e) {                                                       \
+      sgd_items<T>(w, diff, h, b, e, iter_scale, scale, reg, decay, momentum, lr);            \
+    });                                                                                       \
+  }                                                                                           \
+  extern "C" void lg_adam_update_##SUFFIX(T* w, T* diff, T* h, T* h2, i64 n, T iter_scale,    \
+                                          int scale, int reg, T decay, T b1, T c1, T b2,      \
+                                          T c2, T lr_c, T delta) {                            \
+    parallel_for(n, [=](i64 b, i64 e) {                                                       \
+      adam_items<T>(w, diff, h, h2, b, e, iter_scale, scale, reg, decay, b1, c1, b2, c2,      \
+                    lr_c, delta);                                                             \
+    });                                                                                       \
+  }
+
+LG_SOLVER_OPS(float, f32)
+LG_SOLVER_OPS(double, f64)
