@@ -39,7 +39,7 @@ setup(
                  "layergraph.model_templates": "model_templates"},
     package_data={
         "layergraph.imagedb": ["mnist_sample/*"],
-        "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md", "cpu/*.cpp"],
+        "layergraph.cuda_kernels": ["*.cu", "*.cuh", "*.h", "README.md", "cpu/*.cpp", "cpu/*.h"],
         "layergraph.model_templates": ["*/*"],  # every file of each template
     },
     python_requires=">=3.9",

@@ -38,6 +38,7 @@ _library = None
 _error = None
 SOURCE = os.path.join("cpu", "window_ops.cpp")
 SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp")]
+HEADERS = [os.path.join("cpu", "parallel_for.h")]   # in the cache key, not compiled alone
 #: -ffp-contract=off: no fused multiply-adds, so the solver updates round as
 #: the NumPy path's separate float32 operations do (bit for bit);
 #: -fno-math-errno lets sqrt vectorise (it changes no result)
@@ -75,7 +76,7 @@ def _build():
     from .kernels import kernel_dir
     paths = [os.path.join(kernel_dir(), name) for name in SOURCES]
     sources = []
-    for path in paths:
+    for path in paths + [os.path.join(kernel_dir(), name) for name in HEADERS]:
         with open(path, encoding="utf-8") as f:
             sources.append(f.read())
     compiler = os.environ.get("CXX", "g++")

@@ -510,30 +510,15 @@ class Solver:
             return False
         from . import cpu_kernels
         p, n = self.param, len(params)
-        lib = cpu_kernels.library()
-        scale = p.iter_size > 1
         for i, blob in enumerate(params):
-            lr_mult = self.net.params_lr[i]
-            if lr_mult == 0:
+            if self.net.params_lr[i] == 0:
                 continue
-            data, diff, h = blob.data, blob.diff, self.history[i]
-            if not (data.flags.c_contiguous and diff.flags.c_contiguous):
-                raise SolverError(f"parameter {i}: data/diff not contiguous")  # pragma: no cover
-            suffix = cpu_kernels.suffix(blob.dtype)
-            decay = p.weight_decay * self.net.params_weight_decay[i]
-            reg = (REG_NONE if not decay
-                   else REG_L2 if p.regularization_type == "L2" else REG_L1)
-            head = (data.ctypes.data, diff.ctypes.data, h.ctypes.data)
-            common = (blob.count, 1.0 / p.iter_size, int(scale), reg, decay)
-            lr = rate * lr_mult
-            if self.type == "SGD":
-                getattr(lib, f"lg_sgd_update_{suffix}")(*head, *common, p.momentum, lr)
-            else:
-                b1, b2, t = p.momentum, p.momentum2, self.iter + 1
-                correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-                getattr(lib, f"lg_adam_update_{suffix}")(
-                    *head, self.history[i + n].ctypes.data, *common, b1, 1.0 - b1, b2,
-                    1.0 - b2, lr * correction, p.delta)
+            arrays = [blob.data, blob.diff, self.history[i]]
+            if self.type == "Adam":
+                arrays.append(self.history[i + n])
+            cpu_kernels.call(f"{self.type.lower()}_update", blob.dtype, *arrays, blob.count,
+                             1.0 / p.iter_size, int(p.iter_size > 1),
+                             *self._regularization(i), *self._rule(i, rate))
         return True
 
     def _update_groups(self):
@@ -603,32 +588,42 @@ class Solver:
         iter_scale = 1.0 / p.iter_size
         kernel = UPDATE_KERNELS[self.type]
         for i, blob in enumerate(params):
-            lr_mult = self.net.params_lr[i]
-            if lr_mult == 0:
+            if self.net.params_lr[i] == 0:
                 continue
-            lr = rate * lr_mult
-            local_decay = p.weight_decay * self.net.params_weight_decay[i]
-            reg = (REG_NONE if not local_decay
-                   else REG_L2 if p.regularization_type == "L2" else REG_L1)
             arrays = [blob.data, blob.diff, self.history[i]]
             if self.type in ("AdaDelta", "Adam"):
                 arrays.append(self.history[i + n])
-            if self.type == "SGD":
-                rule = (lr, p.momentum)
-            elif self.type == "Nesterov":
-                rule = (lr, p.momentum, 1.0 + p.momentum)
-            elif self.type == "AdaGrad":
-                rule = (lr, p.delta)
-            elif self.type == "RMSProp":
-                rule = (lr, p.rms_decay, 1.0 - p.rms_decay, p.delta)
-            elif self.type == "AdaDelta":
-                rule = (lr, p.momentum, 1.0 - p.momentum, p.delta)
-            else:  # Adam
-                b1, b2, t = p.momentum, p.momentum2, self.iter + 1
-                correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-                rule = (lr * correction, b1, 1.0 - b1, b2, 1.0 - b2, p.delta)
-            self.backend.launch(kernel, (blob.count, *arrays, clip_scale, iter_scale, reg,
-                                         local_decay, *rule), n=blob.count)
+            self.backend.launch(kernel, (blob.count, *arrays, clip_scale, iter_scale,
+                                         *self._regularization(i), *self._rule(i, rate)),
+                                n=blob.count)
+
+    def _regularization(self, i):
+        """(REG_NONE / REG_L2 / REG_L1, weight decay) of learnable parameter
+        ``i``: the fused updates' (GPU kernels, compiled CPU loops) arguments."""
+        p = self.param
+        decay = p.weight_decay * self.net.params_weight_decay[i]
+        if not decay:
+            return REG_NONE, decay
+        return (REG_L2 if p.regularization_type == "L2" else REG_L1), decay
+
+    def _rule(self, i, rate):
+        """The scalars of the update rule for learnable parameter ``i``, in
+        the order the fused updates take them (kernels/solver_update.cu,
+        kernels/cpu/solver_ops.cpp)."""
+        p, lr = self.param, rate * self.net.params_lr[i]
+        if self.type == "SGD":
+            return lr, p.momentum
+        if self.type == "Nesterov":
+            return lr, p.momentum, 1.0 + p.momentum
+        if self.type == "AdaGrad":
+            return lr, p.delta
+        if self.type == "RMSProp":
+            return lr, p.rms_decay, 1.0 - p.rms_decay, p.delta
+        if self.type == "AdaDelta":
+            return lr, p.momentum, 1.0 - p.momentum, p.delta
+        b1, b2, t = p.momentum, p.momentum2, self.iter + 1   # Adam
+        correction = math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+        return lr * correction, b1, 1.0 - b1, b2, 1.0 - b2, p.delta
 
     def _work(self, i):
         """Two scratch arrays shaped like learnable parameter ``i``, allocated

@@ -19,11 +19,8 @@
 //         h2 = h2 * b2 + (g * (1 - b2)) * g
 //         w -= (h * lr_c) / (sqrt(h2) + delta)           (lr_c: lr times the bias correction)
 #include <cmath>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-typedef long long i64;
+#include "parallel_for.h"
 
 namespace {
 
@@ -42,7 +39,7 @@ inline T regularised(T g, T w, T iter_scale, int scale, int reg, T decay) {
 template <typename T>
 __attribute__((noinline)) void sgd_items(T* __restrict__ w, T* __restrict__ diff,
                                          T* __restrict__ h, i64 begin, i64 end, T iter_scale,
-                                         int scale, int reg, T decay, T momentum, T lr) {
+                                         int scale, int reg, T decay, T lr, T momentum) {
   for (i64 k = begin; k < end; ++k) {
     const T g = regularised(diff[k], w[k], iter_scale, scale, reg, decay);
     diff[k] = g;
@@ -55,8 +52,8 @@ __attribute__((noinline)) void sgd_items(T* __restrict__ w, T* __restrict__ diff
 template <typename T>
 __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ diff,
                                           T* __restrict__ h, T* __restrict__ h2, i64 begin, i64 end,
-                                          T iter_scale, int scale, int reg, T decay, T b1, T c1,
-                                          T b2, T c2, T lr_c, T delta) {
+                                          T iter_scale, int scale, int reg, T decay, T lr_c,
+                                          T b1, T c1, T b2, T c2, T delta) {
   for (i64 k = begin; k < end; ++k) {
     const T g = regularised(diff[k], w[k], iter_scale, scale, reg, decay);
     diff[k] = g;
@@ -68,34 +65,23 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
   }
 }
 
-template <typename Body>
-void parallel_for(i64 n, const Body& body) {
-#pragma omp parallel
-  {
-#ifdef _OPENMP
-    const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const i64 t = 0, nt = 1;
-#endif
-    body(n * t / nt, n * (t + 1) / nt);
-  }
-}
-
 }  // namespace
 
+// Arguments after the scalars of regularisation: the rule's, in the order
+// Solver._rule gives them (the GPU kernels' order too).
 #define LG_SOLVER_OPS(T, SUFFIX)                                                              \
   extern "C" void lg_sgd_update_##SUFFIX(T* w, T* diff, T* h, i64 n, T iter_scale, int scale,  \
-                                         int reg, T decay, T momentum, T lr) {                \
+                                         int reg, T decay, T lr, T momentum) {                \
     parallel_for(n, [=](i64 b, i64 e) {                                                       \
-      sgd_items<T>(w, diff, h, b, e, iter_scale, scale, reg, decay, momentum, lr);            \
+      sgd_items<T>(w, diff, h, b, e, iter_scale, scale, reg, decay, lr, momentum);            \
     });                                                                                       \
   }                                                                                           \
   extern "C" void lg_adam_update_##SUFFIX(T* w, T* diff, T* h, T* h2, i64 n, T iter_scale,    \
-                                          int scale, int reg, T decay, T b1, T c1, T b2,      \
-                                          T c2, T lr_c, T delta) {                            \
+                                          int scale, int reg, T decay, T lr_c, T b1, T c1,    \
+                                          T b2, T c2, T delta) {                              \
     parallel_for(n, [=](i64 b, i64 e) {                                                       \
-      adam_items<T>(w, diff, h, h2, b, e, iter_scale, scale, reg, decay, b1, c1, b2, c2,      \
-                    lr_c, delta);                                                             \
+      adam_items<T>(w, diff, h, h2, b, e, iter_scale, scale, reg, decay, lr_c, b1, c1, b2,    \
+                    c2, delta);                                                               \
     });                                                                                       \
   }
 

@@ -1,0 +1,33 @@
+// Shared by the CPU's compiled loops (window_ops.cpp, solver_ops.cpp).
+#ifndef LAYERGRAPH_CPU_PARALLEL_FOR_H_
+#define LAYERGRAPH_CPU_PARALLEL_FOR_H_
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef long long i64;
+
+namespace {
+
+// body(begin, end) on one contiguous share of [0, n) per OpenMP thread.  The
+// loops themselves live in functions of their own (the *_items) that take
+// every size by value: inside an OpenMP region the compiler sees shared
+// variables through a pointer and, fearing aliasing, reloads them on every
+// access -- which cost the 2x2 pooling loop a factor 2.5.
+template <typename Body>
+void parallel_for(i64 n, const Body& body) {
+#pragma omp parallel
+  {
+#ifdef _OPENMP
+    const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 t = 0, nt = 1;
+#endif
+    body(n * t / nt, n * (t + 1) / nt);
+  }
+}
+
+}  // namespace
+
+#endif  // LAYERGRAPH_CPU_PARALLEL_FOR_H_
