@@ -15,7 +15,7 @@ from .errors import ShapeError
 
 
 class Blob:
-    __slots__ = ("name", "_data", "_diff", "dtype", "xp", "learnable")
+    __slots__ = ("name", "_data", "_diff", "dtype", "xp", "learnable", "active")
 
     def __init__(self, shape=(), dtype=DEFAULT_DTYPE, xp=np, name=""):
         self.name = name
@@ -24,6 +24,11 @@ class Blob:
         self.learnable = True  # parameters only: False keeps the solver off it
         self._data = xp.zeros(tuple(int(d) for d in shape), dtype=self.dtype)
         self._diff = None
+        #: During a backward pass: the items (indices along axis 0, ascending)
+        #: outside of which the diff is known to be all zero; None when not
+        #: known.  Set by layers with ``tracks_active_items`` as they write a
+        #: bottom gradient, cleared by the Net otherwise (see Net.backward).
+        self.active = None
 
     # ------------------------------------------------------------ arrays --
     @property

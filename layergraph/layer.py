@@ -115,6 +115,13 @@ class Layer:
     optional_bottoms = ()
     #: True when the layer has a backward pass (False: never asked for one)
     has_backward = True
+    #: True when backward sets ``bottom[i].active`` on every bottom it writes
+    #: (the batch items whose gradient may be nonzero, None if not known);
+    #: for the other layers the Net clears it.  A batch-independent layer
+    #: whose bottom gradient is zero wherever its top gradient is can pass
+    #: ``top[0].active`` through; Convolution and InnerProduct skip the
+    #: inactive items' products (layergraph.cpu_kernels.skip_inactive).
+    tracks_active_items = False
 
     def __init__(self, param, phase=0, seed=0, dtype=DEFAULT_DTYPE, xp=np, backend=None):
         from .backend import CPU, get_backend

@@ -556,9 +556,26 @@ class Net:
         return loss
 
     def backward(self, clock=None):
-        """Back-propagate from every loss top (its diff set to its weight)."""
+        """Back-propagate from every loss top (its diff set to its weight).
+
+        Each blob's ``active`` (the batch items whose gradient may be
+        nonzero) starts the pass unknown; a layer that tracks it sets it on
+        the bottoms it writes, and the Net clears it after any other layer's
+        backward, so it never outlives the gradient it describes."""
+        for blob in self._gradient_blobs():
+            blob.active = None
         with self._threads():
             self._backward_steps(clock)
+
+    def _gradient_blobs(self):
+        blobs = getattr(self, "_all_blobs", None)
+        if blobs is None:
+            blobs = {id(b): b for vec in self.top_vecs + self.bottom_vecs for b in vec}
+            for chain in getattr(self, "chains", ()):
+                for b in chain.tops + chain.bottoms + [chain.batched_input]:
+                    blobs[id(b)] = b
+            blobs = self._all_blobs = list(blobs.values())
+        return blobs
 
     def _backward_steps(self, clock):
         ran_batched = getattr(self, "_ran_batched", {})
@@ -576,13 +593,18 @@ class Net:
         top = self.top_vecs[i]
         for j, w in self.loss_weights[i]:
             top[j].diff[...] = w
+            top[j].active = None
         if self.layer_need_backward[i]:
+            layer, need, bottom = self.layers[i], self.bottom_need_backward[i], self.bottom_vecs[i]
             if clock is None:
-                self.layers[i].backward(top, self.bottom_need_backward[i], self.bottom_vecs[i])
+                layer.backward(top, need, bottom)
             else:
                 with clock(i):
-                    self.layers[i].backward(top, self.bottom_need_backward[i],
-                                            self.bottom_vecs[i])
+                    layer.backward(top, need, bottom)
+            if not layer.tracks_active_items:
+                for j, b in enumerate(bottom):
+                    if need[j]:
+                        b.active = None
 
     def transform(self, images):
         """Raw images as the train_val's data layer fed them in training:

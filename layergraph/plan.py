@@ -146,13 +146,14 @@ class BranchChain:
         for s in reversed(range(len(self.stages))):
             lead = self.stages[s][0]
             if net.layer_need_backward[lead]:
+                layer, need = net.layers[lead], net.bottom_need_backward[lead]
                 if clock is None:
-                    net.layers[lead].backward([self.tops[s]], net.bottom_need_backward[lead],
-                                              [self.bottoms[s]])
-                    continue
-                with clock(lead):
-                    net.layers[lead].backward([self.tops[s]], net.bottom_need_backward[lead],
-                                              [self.bottoms[s]])
+                    layer.backward([self.tops[s]], need, [self.bottoms[s]])
+                else:
+                    with clock(lead):
+                        layer.backward([self.tops[s]], need, [self.bottoms[s]])
+                if not layer.tracks_active_items and need[0]:
+                    self.bottoms[s].active = None  # see Net.backward
 
     @property
     def layer_indices(self):

@@ -294,3 +294,98 @@ def test_cpu_updates_are_bit_identical_to_numpy(solver_type, extra, db, tmp_path
         np.testing.assert_array_equal(a, b)
     for solver in solvers:
         solver.close()
+
+
+# ------------------------------------------------ skipping inactive items --
+def _sparse_diffs(shape, active, rng):
+    """A top gradient whose items outside ``active`` are all zero."""
+    d = np.zeros(shape, np.float32)
+    d[list(active)] = rng.standard_normal((len(active),) + tuple(shape[1:]))
+    return d
+
+
+def _spy_skips(monkeypatch):
+    """Record what cpu_kernels.skip_inactive returned to the layers."""
+    seen = []
+    real = cpu_kernels.skip_inactive
+
+    def spy(active, n):
+        out = real(active, n)
+        seen.append(active.tolist() if out else None)
+        return out
+    monkeypatch.setattr(cpu_kernels, "skip_inactive", spy)
+    return seen
+
+
+def test_active_items_finds_every_nonzero_item():
+    a = np.zeros((10, 70, 3), np.float32)
+    a[2, 65, 1] = 1.0           # past the first block of 64
+    a[7, 0, 0] = np.nan         # NaN is not zero: the item stays
+    a[9, 69, 2] = -1e-40        # a denormal is not zero either
+    assert cpu_kernels.active_items(a).tolist() == [2, 7, 9]
+    assert cpu_kernels.active_items(a.astype(np.float64)).tolist() == [2, 7, 9]
+    assert cpu_kernels.active_items(np.ones((3, 4), np.float32)) is None    # all active
+    assert cpu_kernels.active_items(np.zeros((4, 5), np.float32)).tolist() == []
+    assert cpu_kernels.skip_inactive(cpu_kernels.active_items(a), 10)      # 3 of 10
+    assert not cpu_kernels.skip_inactive(np.arange(1, 5), 5)   # 4 of 5: run them all
+    assert not cpu_kernels.skip_inactive(None, 5)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("param,shape,active", [
+    ("num_output: 5 kernel_size: 3 pad: 1", (8, 3, 6, 6), [1, 4, 6]),
+    ("num_output: 5 kernel_size: 5", (9, 1, 12, 12), [0, 8]),                   # conv1-like
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2", (7, 6, 7, 7), [3]),
+    ("num_output: 3 kernel_size: 2 bias_term: false", (6, 2, 5, 5), [0, 1, 2, 5]),
+    ("num_output: 4 kernel_size: 3", (5, 2, 6, 6), []),                         # none active
+])
+def test_convolution_skips_images_with_zero_gradient(param, shape, active, threads,
+                                                     monkeypatch):
+    """Images whose top gradient is all zero are left out of the backward
+    products: same gradients as the NumPy path, and their dx is zero."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    seen = _spy_skips(monkeypatch)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape)
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv(param), dtype=np.float32)
+    bottom, top = setup_layer(layer, [x.astype(np.float32)])
+    diffs = [_sparse_diffs(top[0].shape, active, rng)]
+    for propagate in ([True], [False]):
+        compare_backends(_conv(param), [x], backend="cpu", reference="numpy", iterations=2,
+                         top_diffs=diffs, propagate=propagate, rtol=1e-5, atol=1e-6)
+    assert seen and all(s == active for s in seen)
+    # dx of a skipped image is written (zero), not left as it was
+    layer.forward(bottom, top)
+    top[0].diff[...] = diffs[0]
+    bottom[0].diff[...] = np.nan
+    layer.backward(top, [True], bottom)
+    assert np.isfinite(bottom[0].diff).all()
+    skipped = [i for i in range(shape[0]) if i not in active]
+    assert not bottom[0].diff[skipped].any()
+
+
+@pytest.mark.parametrize("split_work", [1, 10**9])
+@pytest.mark.parametrize("active", [[0, 3, 4], [], [2]])
+def test_inner_product_skips_zero_rows(active, split_work, monkeypatch):
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "2")
+    monkeypatch.setattr("layergraph.layers.inner_product.SPLIT_WORK", split_work)
+    seen = _spy_skips(monkeypatch)
+    spec = ('type: "InnerProduct" inner_product_param { num_output: 7 '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" } }')
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((9, 2, 3))
+    diffs = [_sparse_diffs((9, 7), active, rng)]
+    for propagate in ([True], [False]):
+        compare_backends(spec, [x], backend="cpu", reference="numpy", iterations=2,
+                         top_diffs=diffs, propagate=propagate, rtol=1e-5, atol=1e-6)
+    assert seen and all(s == active for s in seen)
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(spec, dtype=np.float32)
+    bottom, top = setup_layer(layer, [x.astype(np.float32)])
+    layer.forward(bottom, top)
+    top[0].diff[...] = diffs[0]
+    bottom[0].diff[...] = np.nan
+    layer.backward(top, [True], bottom)
+    skipped = [i for i in range(9) if i not in active]
+    assert np.isfinite(bottom[0].diff).all() and not bottom[0].diff[skipped].any()

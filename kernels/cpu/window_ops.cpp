@@ -403,6 +403,31 @@ void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, i
   });
 }
 
+// ------------------------------------------------------ active items ----
+// The items (consecutive runs of `size` elements) of `a` that hold anything
+// but zero -- NaN counts -- written to `index` in order; returns how many.
+// A backward pass uses it to skip the batch items whose top gradient is all
+// zero (a triplet that meets its margin): their bottom gradient is zero and
+// they add nothing to the parameter gradients.  An active item is usually
+// told by its first block; only the inactive ones are read to the end.
+template <typename T>
+i64 active_items(const T* a, i64 items, i64 size, i64* index) {
+  const i64 block = 64;
+  i64 count = 0;
+  for (i64 k = 0; k < items; ++k) {
+    const T* row = a + k * size;
+    bool any = false;
+    for (i64 b = 0; b < size && !any; b += block) {
+      const i64 e = std::min(size, b + block);
+      int hit = 0;
+      for (i64 i = b; i < e; ++i) hit |= row[i] != T(0);
+      any = hit != 0;
+    }
+    if (any) index[count++] = k;
+  }
+  return count;
+}
+
 }  // namespace
 
 #define LG_WINDOW_OPS(T, SUFFIX)                                                              \
@@ -443,6 +468,9 @@ void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, i
                                                 int ho, int wo, int kh, int kw, int sh,       \
                                                 int sw, int ph, int pw, T* dx) {              \
     ave_pool_backward<T>(dy, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dx);               \
+  }                                                                                           \
+  extern "C" i64 lg_active_items_##SUFFIX(const T* a, i64 items, i64 size, i64* index) {     \
+    return active_items<T>(a, items, size, index);                                            \
   }
 
 LG_WINDOW_OPS(float, f32)

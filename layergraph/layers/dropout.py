@@ -25,6 +25,7 @@ class DropoutLayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    tracks_active_items = True   # a zero top gradient gives a zero bottom one
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
@@ -64,6 +65,7 @@ class DropoutLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        bottom[0].active = top[0].active
         if self.phase != pb.TRAIN:
             if top[0] is not bottom[0]:
                 bottom[0].diff[...] = top[0].diff

@@ -38,6 +38,7 @@ SPLIT_WORK = 4_000_000
 class InnerProduct(Layer):
     exact_bottoms = 1
     exact_tops = 1
+    tracks_active_items = True
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
@@ -76,6 +77,9 @@ class InnerProduct(Layer):
         self.rows = bottom[0].count_range(0, self.axis)
         top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
         self._parts = self._out_parts = None
+        # compiled-loop CPU path: skip all-zero rows of dy in backward
+        self._skips = (self.xp is np and not self.use_kernels and not self.transpose
+                       and cpu_kernels.available(self.dtype))
         if (self.xp is np and not self.use_kernels and not self.transpose
                 and self.rows * k * self.num_output >= SPLIT_WORK
                 and cpu_kernels.available(self.dtype)):
@@ -112,6 +116,14 @@ class InnerProduct(Layer):
             return
         if self._dw is None:
             self._dw = xp.empty(weight.shape, dtype=self.dtype)
+        # rows of the batch: a zero top gradient row gives a zero bottom one
+        bottom[0].active = top[0].active if self.axis == 1 else None
+        if self._skips and self.axis == 1 and dy.flags.c_contiguous and x.flags.c_contiguous:
+            active = cpu_kernels.top_active(top[0], dy)
+            bottom[0].active = active
+            if cpu_kernels.skip_inactive(active, self.rows):
+                self._backward_active(dy, x, propagate_down[0], bottom[0].diff, active)
+                return
         if self._parts is not None and x.flags.c_contiguous:
             self._backward_parts(dy, x, propagate_down[0], bottom[0].diff)
             return
@@ -130,15 +142,42 @@ class InnerProduct(Layer):
             else:  # a strided view: reshape would copy
                 dx[...] = xp.dot(dy, w).reshape(dx.shape)
 
-    def _backward_parts(self, dy, x, propagate, dx):
+    def _backward_active(self, dy, x, propagate, dx, active):
+        """Backward over the rows of dy that are not all zero (a triplet
+        that meets its margin gives zero rows): the others add nothing to
+        dw and db and get dx = 0 (cpu_kernels.skip_inactive)."""
+        w_diff = self.blobs[0].diff
+        b_diff = self.blobs[1].diff if self.bias_term else None
+        if propagate:
+            dx[...] = 0
+        if len(active) == 0:
+            return
+        m = len(active)
+        dya, xa = dy[active], x[active]
+        parts = cpu_kernels.batch_parts(m)
+        if self._parts is not None and len(parts) > 1 and \
+                m * xa.shape[1] * self.num_output >= SPLIT_WORK:
+            dxa = np.empty_like(xa) if propagate else None
+            self._backward_parts(dya, xa, propagate, dxa, parts)
+            if propagate:
+                dx.reshape(self.rows, -1)[active] = dxa
+            return
+        w_diff += np.dot(dya.T, xa)
+        if b_diff is not None:
+            b_diff += dya.sum(axis=0)
+        if propagate:
+            dx.reshape(self.rows, -1)[active] = np.dot(dya, self.blobs[0].data)
+
+    def _backward_parts(self, dy, x, propagate, dx, parts=None):
         """The split backward: part i computes rows out_parts[i] of dw (and
         db) and rows parts[i] of dx -- disjoint, so nothing is added across
-        parts."""
+        parts.  ``parts``: the row parts of dy and x (default: the batch's)."""
+        parts = self._parts if parts is None else parts
         # Blob.diff allocates on first use: take the arrays here, not in
         # the parts (two threads allocating at once would lose a part)
         w, dw, w_diff = self.blobs[0].data, self._dw, self.blobs[0].diff
         b_diff = self.blobs[1].diff if self.bias_term else None
-        dx2 = dx.reshape(self.rows, -1) if propagate and dx.flags.c_contiguous else None
+        dx2 = dx.reshape(len(x), -1) if propagate and dx.flags.c_contiguous else None
 
         def part(i):
             a, b = self._out_parts[i] if i < len(self._out_parts) else (0, 0)
@@ -147,10 +186,10 @@ class InnerProduct(Layer):
                 w_diff[a:b] += dw[a:b]
                 if b_diff is not None:
                     b_diff[a:b] += dy[:, a:b].sum(axis=0)
-            if dx2 is not None and i < len(self._parts):
-                lo, hi = self._parts[i]
+            if dx2 is not None and i < len(parts):
+                lo, hi = parts[i]
                 np.dot(dy[lo:hi], w, out=dx2[lo:hi])
-        cpu_kernels.run_parts(part, max(len(self._parts), len(self._out_parts)))
+        cpu_kernels.run_parts(part, max(len(parts), len(self._out_parts)))
         if propagate and dx2 is None:  # a strided view: reshape would copy
             dx[...] = np.dot(dy, w).reshape(dx.shape)
 

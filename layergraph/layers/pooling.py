@@ -60,6 +60,7 @@ class Pooling(Layer):
     exact_bottoms = 1
     min_tops = 1
     max_tops = 2
+    tracks_active_items = True   # a zero top gradient gives a zero bottom one
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
@@ -269,6 +270,7 @@ class Pooling(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        bottom[0].active = top[0].active
         if self.cpu_loops:    # kernels/cpu/window_ops.cpp
             dy, dx = top[0].diff, bottom[0].diff
             planes, (h, w, ho, wo) = dx.shape[0] * dx.shape[1], self._window[:4]

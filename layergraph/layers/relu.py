@@ -22,6 +22,7 @@ class ReLULayer(Layer):
 
     exact_bottoms = 1
     exact_tops = 1
+    tracks_active_items = True   # a zero top gradient gives a zero bottom one
 
     # ---------------------------------------------------------- parameters --
     def setup(self, bottom, top):
@@ -54,6 +55,7 @@ class ReLULayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        bottom[0].active = top[0].active
         if self.use_kernels:
             source = self._positive if self.negative_slope < 0 else top[0].data
             dx = bottom[0].diff
