@@ -389,3 +389,68 @@ def test_inner_product_skips_zero_rows(active, split_work, monkeypatch):
     layer.backward(top, [True], bottom)
     skipped = [i for i in range(9) if i not in active]
     assert np.isfinite(bottom[0].diff).all() and not bottom[0].diff[skipped].any()
+
+
+SKIP_NET = """
+layer { name: "in" type: "Input" top: "x" top: "t"
+        input_param { shape { dim: 8 dim: 2 dim: 6 dim: 6 } shape { dim: 8 dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: 0.5 }
+                            bias_filler { type: "uniform" } } }
+layer { name: "%s" type: "%s" bottom: "conv" top: "conv" }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "t" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("between,conv_skips", [("BatchNorm", False), ("ReLU", True)])
+def test_net_clears_the_hint_after_a_layer_that_does_not_keep_it(between, conv_skips,
+                                                                 monkeypatch):
+    """A top gradient zero in rows 0, 2-4, 6, 7 (targets met): InnerProduct
+    skips them and says so; BatchNorm in place between it and the
+    convolution makes every row nonzero again and does not track the hint,
+    so the Net clears it and the convolution runs every image (ReLU keeps
+    the hint, and the convolution skips too).  Gradients as without skipping."""
+    import layergraph as lg
+    from layergraph.prototxt import parse_text
+    seen = _spy_skips(monkeypatch)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 2, 6, 6)).astype(np.float32)
+    grads = []
+    for skip_below in (cpu_kernels.SKIP_BELOW, 0.0):
+        monkeypatch.setattr(cpu_kernels, "SKIP_BELOW", skip_below)
+        net = lg.Net(parse_text(SKIP_NET % ("between", between), lg.pb.NetParameter()),
+                     lg.TRAIN)
+        net.forward(x=x, t=np.zeros((8, 4), np.float32))
+        target = net.blobs["ip"].data.copy()
+        target[[1, 5]] += 1.0                  # only rows 1 and 5 miss their target
+        net.forward(x=x, t=target)
+        net.clear_param_diffs()
+        net.backward()
+        grads.append([p.diff.copy() for p in net.learnable_params])
+    assert seen[0] == [1, 5]                   # the InnerProduct skipped
+    assert (seen[1] == [1, 5]) == conv_skips   # the convolution only behind ReLU
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_skipping_keeps_the_template_losses(db, tmp_path, monkeypatch):
+    """TripletNet_28x28: most triplets meet the margin within a few steps;
+    the run that skips them gives the losses of the run that does not."""
+    from layergraph.solver import Solver
+    from layergraph.tools.evaluate import new_from_template
+    new_from_template("TripletNet_28x28", "TINY", str(tmp_path / "run"))
+    seen = _spy_skips(monkeypatch)
+    curves = []
+    for skip_below in (cpu_kernels.SKIP_BELOW, 0.0):
+        monkeypatch.setattr(cpu_kernels, "SKIP_BELOW", skip_below)
+        solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None)
+        losses = []
+        solver.add_callback(type("Record", (), {
+            "on_iteration": lambda self, s, record: losses.append(record["loss"])})())
+        solver.step(12)
+        solver.close()
+        curves.append(np.array(losses))
+    assert sum(s is not None for s in seen) >= 10    # layers skipped, step after step
+    np.testing.assert_allclose(curves[0], curves[1], rtol=2e-4, atol=1e-6)
