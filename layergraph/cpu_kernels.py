@@ -52,9 +52,9 @@ _SIGNATURES = {
     "rows_to_nchw": [_PTR, _PTR, _I64, _INT, _I64, _PTR],
     "nchw_to_rows": [_PTR, _I64, _INT, _I64, _PTR, _PTR],
     "max_pool_forward": [_PTR, _I64] + [_INT] * 10 + [_PTR, _PTR],
-    "max_pool_backward": [_PTR, _PTR, _I64] + [_INT] * 4 + [_PTR],
+    "max_pool_backward": [_PTR, _PTR, _I64] + [_INT] * 4 + [_PTR, _I64, _PTR],
     "ave_pool_forward": [_PTR, _I64] + [_INT] * 10 + [_PTR],
-    "ave_pool_backward": [_PTR, _I64] + [_INT] * 10 + [_PTR],
+    "ave_pool_backward": [_PTR, _I64] + [_INT] * 10 + [_PTR, _I64, _PTR],
     "active_items": [_PTR, _I64, _I64, _PTR],
 }
 _RESTYPES = {"active_items": _I64}
@@ -111,6 +111,7 @@ def _build():
         fn.argtypes, fn.restype = [_PTR] * 3 + [_I64, real, _INT, _INT] + [real] * 3, None
         fn = getattr(lib, f"lg_adam_update_{suffix}")
         fn.argtypes, fn.restype = [_PTR] * 4 + [_I64, real, _INT, _INT] + [real] * 7, None
+    lib.lg_row_hash_f32.argtypes, lib.lg_row_hash_f32.restype = [_PTR, _I64, _I64, _PTR], None
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
     lib.lg_set_threads(_threads())
@@ -181,13 +182,28 @@ def call(name, dtype, *args):
     fn = getattr(library(), f"lg_{name}_{_SUFFIX[np.dtype(dtype)]}")
     c_args = []
     for a in args:
-        if isinstance(a, np.ndarray):
+        if a is None:                  # an optional pointer
+            c_args.append(None)
+        elif isinstance(a, np.ndarray):
             if not a.flags.c_contiguous:
                 raise ValueError(f"lg_{name}: an array argument is not C-contiguous")
             c_args.append(a.ctypes.data)
         else:
             c_args.append(a)
     fn(*c_args)
+
+
+def row_hash(items):
+    """DataSequence's 64-bit content hash of each row of a float32 2-D array
+    (layers/data_sequence.py's ``_row_hash``, compiled); None when the
+    compiled loops are unavailable or the array is not float32."""
+    lib = library()
+    if lib is None or items.dtype != np.float32 or items.ndim != 2:
+        return None
+    items = np.ascontiguousarray(items)
+    out = np.empty(items.shape[0], np.uint64)
+    lib.lg_row_hash_f32(items.ctypes.data, items.shape[0], items.shape[1], out.ctypes.data)
+    return out
 
 
 # ---------------------------------------------------- skipping zero rows ----

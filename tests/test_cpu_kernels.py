@@ -454,3 +454,39 @@ def test_skipping_keeps_the_template_losses(db, tmp_path, monkeypatch):
         curves.append(np.array(losses))
     assert sum(s is not None for s in seen) >= 10    # layers skipped, step after step
     np.testing.assert_allclose(curves[0], curves[1], rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("param", ["pool: MAX kernel_size: 2 stride: 2",
+                                   "pool: AVE kernel_size: 3 stride: 2 pad: 1"])
+def test_pooling_backward_uses_the_hint(param):
+    """With ``top.active`` naming few items, the others' planes are only
+    zeroed: same bottom gradient as without the hint, and the hint passed on."""
+    from layergraph.testing import make_layer, setup_layer
+    rng = np.random.default_rng(4)
+    layer = make_layer(f'type: "Pooling" pooling_param {{ {param} }}', dtype=np.float32)
+    bottom, top = setup_layer(layer, [rng.standard_normal((6, 3, 8, 8)).astype(np.float32)])
+    layer.forward(bottom, top)
+    active = np.array([1, 4])
+    top[0].diff[...] = _sparse_diffs(top[0].shape, active, rng)
+    results = []
+    for hint in (None, active):
+        top[0].active = hint
+        bottom[0].diff[...] = np.nan
+        layer.backward(top, [True], bottom)
+        results.append(bottom[0].diff.copy())
+        assert bottom[0].active is hint
+    assert np.isfinite(results[1]).all() and not results[1][[0, 2, 3, 5]].any()
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_row_hash_matches_the_numpy_twin():
+    from layergraph.layers.data_sequence import _content_hash, _row_hash
+    rng = np.random.default_rng(6)
+    items = rng.standard_normal((37, 785)).astype(np.float32)
+    items[3] = items[5]                         # equal content, equal hash
+    items[7, 0] = -0.0
+    expected = _row_hash(items)
+    np.testing.assert_array_equal(cpu_kernels.row_hash(items), expected)
+    np.testing.assert_array_equal(_content_hash(items), expected)
+    assert expected[3] == expected[5] and len(set(expected.tolist())) == 36
+    assert cpu_kernels.row_hash(items.astype(np.float64)) is None

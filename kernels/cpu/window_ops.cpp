@@ -303,13 +303,17 @@ void max_pool_forward(const T* x, i64 planes, int height, int width, int ho, int
 }
 
 // dx = 0; dx[argmax[k]] += dy[k], the windows of a plane in order.
+// live (or null: every item): live[n] = 0 when item n's dy is all zero --
+// its planes are only zeroed (the backward passes' skipped items).
 template <typename T>
 __attribute__((noinline)) void max_pool_backward_items(const T* dy, const int32_t* argmax,
                                                        int height, int width, int ho, int wo,
+                                                       const uint8_t* live, i64 per_item,
                                                        T* dx, i64 begin, i64 end) {
   for (i64 pc = begin; pc < end; ++pc) {
     T* dst = dx + pc * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
+    if (live && !live[pc / per_item]) continue;
     const T* grad = dy + pc * ho * wo;
     const int32_t* idx = argmax + pc * ho * wo;
     for (i64 k = 0; k < (i64)ho * wo; ++k) {
@@ -320,9 +324,9 @@ __attribute__((noinline)) void max_pool_backward_items(const T* dy, const int32_
 
 template <typename T>
 void max_pool_backward(const T* dy, const int32_t* argmax, i64 planes, int height, int width,
-                       int ho, int wo, T* dx) {
+                       int ho, int wo, const uint8_t* live, i64 per_item, T* dx) {
   parallel_for(planes, [=](i64 b, i64 e) {
-    max_pool_backward_items<T>(dy, argmax, height, width, ho, wo, dx, b, e);
+    max_pool_backward_items<T>(dy, argmax, height, width, ho, wo, live, per_item, dx, b, e);
   });
 }
 
@@ -368,10 +372,12 @@ void ave_pool_forward(const T* x, i64 planes, int height, int width, int ho, int
 template <typename T>
 __attribute__((noinline)) void ave_pool_backward_items(const T* dy, int height, int width, int ho, int wo,
                                               int kh, int kw, int sh, int sw, int ph, int pw,
+                                              const uint8_t* live, i64 per_item,
                                               T* dx, i64 begin, i64 end) {
   for (i64 pc = begin; pc < end; ++pc) {
     T* dst = dx + pc * height * width;
     std::memset(dst, 0, sizeof(T) * height * width);
+    if (live && !live[pc / per_item]) continue;   // as max_pool_backward
     const T* grad = dy + pc * ho * wo;
     for (int r = 0; r < ho; ++r) {
       int hs = r * sh - ph;
@@ -397,9 +403,10 @@ __attribute__((noinline)) void ave_pool_backward_items(const T* dy, int height, 
 
 template <typename T>
 void ave_pool_backward(const T* dy, i64 planes, int height, int width, int ho, int wo, int kh, int kw,
-            int sh, int sw, int ph, int pw, T* dx) {
+            int sh, int sw, int ph, int pw, const uint8_t* live, i64 per_item, T* dx) {
   parallel_for(planes, [=](i64 b, i64 e) {
-    ave_pool_backward_items<T>(dy, height, width, ho, wo, kh, kw, sh, sw, ph, pw, dx, b, e);
+    ave_pool_backward_items<T>(dy, height, width, ho, wo, kh, kw, sh, sw, ph, pw, live, per_item,
+                               dx, b, e);
   });
 }
 
@@ -456,8 +463,8 @@ i64 active_items(const T* a, i64 items, i64 size, i64* index) {
   }                                                                                           \
   extern "C" void lg_max_pool_backward_##SUFFIX(const T* dy, const int32_t* argmax,          \
                                                 i64 planes, int h, int w, int ho, int wo,     \
-                                                T* dx) {                                      \
-    max_pool_backward<T>(dy, argmax, planes, h, w, ho, wo, dx);                               \
+                                                const uint8_t* live, i64 per_item, T* dx) {   \
+    max_pool_backward<T>(dy, argmax, planes, h, w, ho, wo, live, per_item, dx);               \
   }                                                                                           \
   extern "C" void lg_ave_pool_forward_##SUFFIX(const T* x, i64 planes, int h, int w, int ho, \
                                                int wo, int kh, int kw, int sh, int sw,        \
@@ -466,8 +473,9 @@ i64 active_items(const T* a, i64 items, i64 size, i64* index) {
   }                                                                                           \
   extern "C" void lg_ave_pool_backward_##SUFFIX(const T* dy, i64 planes, int h, int w,       \
                                                 int ho, int wo, int kh, int kw, int sh,       \
-                                                int sw, int ph, int pw, T* dx) {              \
-    ave_pool_backward<T>(dy, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, dx);               \
+                                                int sw, int ph, int pw, const uint8_t* live,  \
+                                                i64 per_item, T* dx) {                        \
+    ave_pool_backward<T>(dy, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw, live, per_item, dx); \
   }                                                                                           \
   extern "C" i64 lg_active_items_##SUFFIX(const T* a, i64 items, i64 size, i64* index) {     \
     return active_items<T>(a, items, size, index);                                            \
@@ -475,6 +483,26 @@ i64 active_items(const T* a, i64 items, i64 size, i64* index) {
 
 LG_WINDOW_OPS(float, f32)
 LG_WINDOW_OPS(double, f64)
+
+// DataSequence's content hash of each row of a float32 (rows, d) array, the
+// host twin of kernels/data_sequence.cu's data_sequence_hash (and of the
+// NumPy _row_hash): sum over elements e of mix((e << 32 | bits_e) + golden)
+// mod 2^64, mix being SplitMix64's finaliser.  ~30x the NumPy version.
+extern "C" void lg_row_hash_f32(const float* x, i64 rows, i64 d, uint64_t* out) {
+  parallel_for(rows, [=](i64 b, i64 e) {
+    for (i64 r = b; r < e; ++r) {
+      const uint32_t* bits = reinterpret_cast<const uint32_t*>(x + r * d);
+      uint64_t total = 0;
+      for (i64 k = 0; k < d; ++k) {
+        uint64_t z = (((uint64_t)k << 32) | bits[k]) + 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        total += z ^ (z >> 31);
+      }
+      out[r] = total;
+    }
+  });
+}
 
 extern "C" void lg_set_threads(int n) {
 #ifdef _OPENMP

@@ -70,7 +70,15 @@ STATE_LIMIT = 64 << 20
 
 
 def _content_hash(items):
-    """A 64-bit content hash per item (row of a 2-D array)."""
+    """A 64-bit content hash per item (row of a 2-D array): float32 items
+    take the kernel path's hash (:func:`_row_hash`; compiled on the CPU,
+    see layergraph.cpu_kernels.row_hash), other types BLAKE2b of the bytes.
+    Only equality matters (is the positive another image than the anchor?),
+    and a snapshot's cache hashes are recomputed on load."""
+    if items.dtype == np.float32 and items.ndim == 2:
+        from .. import cpu_kernels
+        hashes = cpu_kernels.row_hash(items)
+        return hashes if hashes is not None else _row_hash(items)
     return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
                                     "little") for row in items], dtype=np.uint64)
 

@@ -274,12 +274,16 @@ class Pooling(Layer):
         if self.cpu_loops:    # kernels/cpu/window_ops.cpp
             dy, dx = top[0].diff, bottom[0].diff
             planes, (h, w, ho, wo) = dx.shape[0] * dx.shape[1], self._window[:4]
+            live = None       # items whose dy is all zero are only zeroed
+            if cpu_kernels.skip_inactive(top[0].active, dx.shape[0]):
+                live = np.zeros(dx.shape[0], np.uint8)
+                live[top[0].active] = 1
             if self.method == _P.MAX:
                 cpu_kernels.call("max_pool_backward", self.dtype, dy, self._argmax, planes,
-                                 h, w, ho, wo, dx)
+                                 h, w, ho, wo, live, dx.shape[1], dx)
             else:
                 cpu_kernels.call("ave_pool_backward", self.dtype, dy, planes, *self._window,
-                                 dx)
+                                 live, dx.shape[1], dx)
             return
         if self.use_kernels:  # kernels/pooling.cu
             dy, dx = top[0].diff, bottom[0].diff
