@@ -112,6 +112,9 @@ def _build():
         fn = getattr(lib, f"lg_adam_update_{suffix}")
         fn.argtypes, fn.restype = [_PTR] * 4 + [_I64, real, _INT, _INT] + [real] * 7, None
     lib.lg_row_hash_f32.argtypes, lib.lg_row_hash_f32.restype = [_PTR, _I64, _I64, _PTR], None
+    lib.lg_direct_conv_f32.argtypes = [_PTR, _I64] + [_INT] * 8 + [_PTR] * 4
+    lib.lg_direct_conv_f32.restype = None
+    lib.lg_direct_conv_available.argtypes, lib.lg_direct_conv_available.restype = [], _INT
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
     lib.lg_set_threads(_threads())
@@ -191,6 +194,39 @@ def call(name, dtype, *args):
         else:
             c_args.append(a)
     fn(*c_args)
+
+
+#: Largest C*kh*kw a convolution computes directly (see direct_conv)
+DIRECT_CONV_TAPS = 64
+
+
+def direct_conv_available():
+    """Whether :func:`direct_conv` can run here (compiled loops, AVX-512F)."""
+    lib = library()
+    return lib is not None and bool(lib.lg_direct_conv_available())
+
+
+def direct_conv_scratch(out_ch, ho, width):
+    """The scratch :func:`direct_conv` needs: one wide plane per thread."""
+    return np.empty(max(_threads(), 1) * out_ch * ho * width, np.float32)
+
+
+def direct_conv(x, weight, bias, y, scratch):
+    """y = conv(x, weight) + bias computed directly, without columns
+    (kernels/cpu/window_ops.cpp): stride 1, no padding, no dilation, one
+    group, C*kh*kw <= DIRECT_CONV_TAPS, float32 C-contiguous arrays; the
+    images split over the loops' threads."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    if c * kh * kw > DIRECT_CONV_TAPS:
+        raise ValueError(f"direct_conv: {c}x{kh}x{kw} values per window, at most "
+                         f"{DIRECT_CONV_TAPS}")
+    for a in (x, weight, y) + (() if bias is None else (bias,)):
+        if not a.flags.c_contiguous or a.dtype != np.float32:
+            raise ValueError("direct_conv: arrays must be C-contiguous float32")
+    library().lg_direct_conv_f32(x.ctypes.data, n, c, h, w, o, kh, kw, y.shape[2], y.shape[3],
+                                 weight.ctypes.data, None if bias is None else bias.ctypes.data,
+                                 scratch.ctypes.data, y.ctypes.data)
 
 
 def row_hash(items):

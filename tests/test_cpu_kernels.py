@@ -490,3 +490,34 @@ def test_row_hash_matches_the_numpy_twin():
     np.testing.assert_array_equal(_content_hash(items), expected)
     assert expected[3] == expected[5] and len(set(expected.tolist())) == 36
     assert cpu_kernels.row_hash(items.astype(np.float64)) is None
+
+
+@pytest.mark.skipif(not cpu_kernels.direct_conv_available(), reason="no AVX-512F here")
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("param,shape,direct", [
+    ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), True),           # conv1 of the templates
+    ("num_output: 13 kernel_size: 3", (5, 3, 9, 11), True),            # 8 + 5 channels, RGB
+    ("num_output: 9 kernel_h: 2 kernel_w: 3", (3, 2, 6, 7), True),
+    ("num_output: 3 kernel_size: 1", (2, 4, 1, 1), True),              # a 1x1 plane
+    ("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 6), False),      # padding: columns
+    ("num_output: 4 kernel_size: 5", (2, 3, 9, 9), False),             # 75 values per window
+])
+def test_direct_convolution_matches_numpy(param, shape, direct, threads, monkeypatch):
+    """Windows of at most 64 values, stride 1, no padding: the forward pass
+    runs without columns (cpu_kernels.direct_conv) -- same top and gradients
+    as the NumPy path; the backward pass makes the columns itself."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv(param), dtype=np.float32)
+    setup_layer(layer, [np.zeros(shape, np.float32)])
+    assert layer._direct == direct
+    compare_backends(_conv(param), [RNG.standard_normal(shape)], backend="cpu",
+                     reference="numpy", iterations=2, rtol=1e-5, atol=1e-6)
+
+
+def test_direct_convolution_refuses_large_windows():
+    x = np.zeros((1, 3, 9, 9), np.float32)
+    w = np.zeros((2, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="at most 64"):
+        cpu_kernels.direct_conv(x, w, None, np.zeros((1, 2, 5, 5), np.float32),
+                                cpu_kernels.direct_conv_scratch(2, 5, 9))

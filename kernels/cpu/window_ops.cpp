@@ -28,6 +28,11 @@
 
 #include "parallel_for.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LG_DIRECT_CONV 1
+#endif
+
 namespace {
 
 // Short rows, fixed width: a window of ho rows x WO columns copied out of
@@ -483,6 +488,117 @@ i64 active_items(const T* a, i64 items, i64 size, i64* index) {
 
 LG_WINDOW_OPS(float, f32)
 LG_WINDOW_OPS(double, f64)
+
+// ------------------------------------------------- direct convolution ----
+// A convolution whose windows hold few values (C*kh*kw <= 64: the first
+// layer of a net on grey or colour images, conv1 of the templates with 25)
+// gains little from im2col + GEMM: the product is skinny (K = 25), and
+// writing and reading the columns and the transposed output cost more than
+// the arithmetic.  Here each output is computed in place, 16 positions per
+// AVX-512 vector: over the "wide" plane (ho rows of W columns, the last
+// W - wo of each discarded), the inputs of a tap are contiguous, so a tap is
+// one load and one fused multiply-add per output channel (8 channels per
+// pass).  Stride 1, no padding, no dilation, one group; float32.  The host
+// must support AVX-512F (lg_direct_conv_available); the layer falls back to
+// im2col + GEMM otherwise.  Sums run in tap order (c, i, j) from the bias,
+// with fused multiply-adds: not bit-identical to the GEMM path (float32
+// rounding).
+#ifdef LG_DIRECT_CONV
+namespace {
+
+template <int OB>
+__attribute__((target("avx512f"))) void direct_conv_block(
+    const float* x, i64 limit, const int* off, int taps, const float* w, const float* bias,
+    int o0, i64 wide_plane, float* wide) {
+  const __mmask16 all = 0xFFFF;
+  for (i64 p = 0; p < wide_plane; p += 16) {
+    __m512 acc[OB];
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b) acc[b] = _mm512_set1_ps(bias ? bias[o0 + b] : 0.0f);
+    const i64 lanes = std::min<i64>(16, wide_plane - p);
+    const __mmask16 valid = lanes == 16 ? all : (__mmask16)((1u << lanes) - 1);
+    const float* wb = w + (i64)o0 * taps;
+    if (valid == all && p + off[taps - 1] + 16 <= limit) {   // every tap inside the image
+      const float* xp = x + p;
+      for (int k = 0; k < taps; ++k) {
+        const __m512 xv = _mm512_loadu_ps(xp + off[k]);
+#pragma GCC unroll 8
+        for (int b = 0; b < OB; ++b)
+          acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(wb[(i64)b * taps + k]), xv, acc[b]);
+      }
+    } else {  // the plane's last positions: no read past the image
+      for (int k = 0; k < taps; ++k) {
+        const i64 start = p + off[k];
+        const i64 readable = std::max<i64>(0, std::min<i64>(16, limit - start));
+        const __mmask16 m = valid & (__mmask16)((1u << readable) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + start);
+#pragma GCC unroll 8
+        for (int b = 0; b < OB; ++b)
+          acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(wb[(i64)b * taps + k]), xv, acc[b]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b)
+      _mm512_mask_storeu_ps(wide + (i64)(o0 + b) * wide_plane + p, valid, acc[b]);
+  }
+}
+
+__attribute__((target("avx512f"))) void direct_conv_image(
+    const float* x, int channels, int height, int width, int out_ch, int kh, int kw, int ho,
+    int wo, const float* w, const float* bias, float* wide, float* y) {
+  int off[64];
+  const int taps = channels * kh * kw;
+  if (taps > 64 || taps < 1) return;   // the caller checks (DIRECT_CONV_TAPS)
+  for (int c = 0, k = 0; c < channels; ++c)
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) off[k++] = (c * height + i) * width + j;
+  const i64 limit = (i64)channels * height * width, wide_plane = (i64)ho * width;
+  int o = 0;
+  for (; o + 8 <= out_ch; o += 8)
+    direct_conv_block<8>(x, limit, off, taps, w, bias, o, wide_plane, wide);
+  switch (out_ch - o) {
+#define LG_TAIL(B) case B: direct_conv_block<B>(x, limit, off, taps, w, bias, o, wide_plane, wide); break;
+    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
+#undef LG_TAIL
+    default: break;
+  }
+  for (int oc = 0; oc < out_ch; ++oc)
+    for (int r = 0; r < ho; ++r)
+      std::memcpy(y + ((i64)oc * ho + r) * wo, wide + (i64)oc * wide_plane + (i64)r * width,
+                  sizeof(float) * wo);
+}
+
+}  // namespace
+#endif
+
+extern "C" int lg_direct_conv_available() {
+#ifdef LG_DIRECT_CONV
+  return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+  return 0;
+#endif
+}
+
+// y (N, O, ho, wo) = conv(x (N, C, H, W), w (O, C, kh, kw)) + bias; `wide`:
+// scratch of O * ho * W floats per thread.  Images split over the threads.
+extern "C" void lg_direct_conv_f32(const float* x, i64 n_img, int channels, int height,
+                                   int width, int out_ch, int kh, int kw, int ho, int wo,
+                                   const float* w, const float* bias, float* wide, float* y) {
+#ifdef LG_DIRECT_CONV
+  const i64 scratch = (i64)out_ch * ho * width;
+  parallel_for(n_img, [=](i64 b, i64 e) {
+#ifdef _OPENMP
+    float* mine = wide + (i64)omp_get_thread_num() * scratch;
+#else
+    float* mine = wide;
+#endif
+    for (i64 img = b; img < e; ++img)
+      direct_conv_image(x + img * channels * height * width, channels, height, width, out_ch,
+                        kh, kw, ho, wo, w, bias, mine,
+                        y + img * (i64)out_ch * ho * wo);
+  });
+#endif
+}
 
 // DataSequence's content hash of each row of a float32 (rows, d) array, the
 // host twin of kernels/data_sequence.cu's data_sequence_hash (and of the

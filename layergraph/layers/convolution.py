@@ -121,12 +121,13 @@ def _leading(buffer, shape):
 class _Part:
     """One part of the batch on the compiled CPU path: images [lo, hi), the
     im2col geometry for them, and their buffers (reused across iterations)."""
-    __slots__ = ("lo", "hi", "window", "col", "out", "dw_t", "dcol", "dbias")
+    __slots__ = ("lo", "hi", "window", "col", "out", "dw_t", "dcol", "dbias", "wide")
 
     def __init__(self, lo, hi, window, col, out, dw_t):
         self.lo, self.hi, self.window = lo, hi, window
         self.col, self.out, self.dw_t = col, out, dw_t
         self.dcol = self.dbias = None   # backward only
+        self.wide = None                # direct forward's scratch
 
 
 @register_layer("Convolution")
@@ -186,6 +187,12 @@ class Convolution(Layer):
                     dw_t=xp.empty((g, c // g * kh * kw, o // g), dtype=dt)))  # dw^T per group
             self._col = self._parts[0].col if len(self._parts) == 1 else None
             self._gathered = None   # backward of the active images only
+            # few values per window: forward without columns (direct_conv)
+            self._direct = (dt == np.float32 and (sh, sw, ph, pw, dh, dw, g) == (1, 1, 0, 0, 1, 1, 1)
+                            and c * kh * kw <= cpu_kernels.DIRECT_CONV_TAPS
+                            and cpu_kernels.direct_conv_available())
+            for p in self._parts if self._direct else ():
+                p.wide = cpu_kernels.direct_conv_scratch(o, ho, w)
             return
         if self.use_kernels:  # NCHW columns (C*kh*kw, N*Ho*Wo), rows (c, i, j)
             (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -249,6 +256,9 @@ class Convolution(Layer):
 
         def part(i):
             p = self._parts[i]
+            if self._direct:
+                cpu_kernels.direct_conv(x[p.lo:p.hi], weight, bias, y[p.lo:p.hi], p.wide)
+                return
             cpu_kernels.call("im2col", dt, x[p.lo:p.hi], *p.window, p.col)
             self._matmul(weight, p.col, p.out)
             cpu_kernels.call("rows_to_nchw", dt, p.out, bias, p.hi - p.lo, o, plane,
@@ -347,8 +357,9 @@ class Convolution(Layer):
         b_diff = self.blobs[1].diff if self.bias_term else None  # allocated here, once
         if not cpu_kernels.skip_inactive(active, dy.shape[0]):
             active = None        # every image: the forward pass's columns
-            jobs = [(p, p.window, p.col, p.out, dy[p.lo:p.hi], dx[p.lo:p.hi], None)
-                    for p in self._parts]
+            # (the direct forward pass left no columns: im2col them here)
+            jobs = [(p, p.window, p.col, p.out, dy[p.lo:p.hi], dx[p.lo:p.hi],
+                     (None, x[p.lo:p.hi]) if self._direct else None) for p in self._parts]
         else:
             if propagate:
                 dx.fill(0)
@@ -368,10 +379,11 @@ class Convolution(Layer):
         def part(i):
             p, window, col, rows, dy_part, dx_part, gather = jobs[i]
             n = window[0]
-            if gather is not None:   # the active images, their columns afresh
+            if gather is not None:   # the columns afresh (of the active images)
                 index, x_part = gather
-                xp.take(x, index, axis=0, out=x_part, mode="clip")  # (valid indices;
-                xp.take(dy, index, axis=0, out=dy_part, mode="clip")  # 3x "raise")
+                if index is not None:
+                    xp.take(x, index, axis=0, out=x_part, mode="clip")  # (valid indices;
+                    xp.take(dy, index, axis=0, out=dy_part, mode="clip")  # 3x "raise")
                 cpu_kernels.call("im2col", dt, x_part, *window, col)
             dbias = (p.dbias if split else b_diff) if self.bias_term else None
             cpu_kernels.call("nchw_to_rows", dt, dy_part, n, o, plane, rows, dbias)
@@ -391,7 +403,7 @@ class Convolution(Layer):
             else:
                 xp.matmul(w_g.transpose(0, 2, 1), rows_g, out=dcol.reshape(g, -1, cols))
             cpu_kernels.call("col2im", dt, dcol, *window, dx_part)
-            if gather is not None:
+            if gather is not None and gather[0] is not None:
                 dx[gather[0]] = dx_part
         cpu_kernels.run_parts(part, len(jobs))
         dw = weight.diff.reshape(g, o // g, -1)
