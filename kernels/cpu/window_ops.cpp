@@ -603,7 +603,8 @@ extern "C" void lg_direct_conv_f32(const float* x, i64 n_img, int channels, int 
 // DataSequence's content hash of each row of a float32 (rows, d) array, the
 // host twin of kernels/data_sequence.cu's data_sequence_hash (and of the
 // NumPy _row_hash): sum over elements e of mix((e << 32 | bits_e) + golden)
-// mod 2^64, mix being SplitMix64's finaliser.  ~30x the NumPy version.
+// mod 2^64, mix being SplitMix64's finaliser (0.08 ms for 64 MNIST images, BLAKE2b
+// per image in Python took 0.54).
 extern "C" void lg_row_hash_f32(const float* x, i64 rows, i64 d, uint64_t* out) {
   parallel_for(rows, [=](i64 b, i64 e) {
     for (i64 r = b; r < e; ++r) {
