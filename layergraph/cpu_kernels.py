@@ -115,6 +115,8 @@ def _build():
     lib.lg_direct_conv_f32.argtypes = [_PTR, _I64] + [_INT] * 8 + [_PTR] * 4
     lib.lg_direct_conv_f32.restype = None
     lib.lg_direct_conv_available.argtypes, lib.lg_direct_conv_available.restype = [], _INT
+    lib.lg_direct_conv_dw_f32.argtypes = [_PTR, _PTR, _PTR, _I64] + [_INT] * 8 + [_PTR] * 4
+    lib.lg_direct_conv_dw_f32.restype = None
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
     lib.lg_set_threads(_threads())
@@ -227,6 +229,45 @@ def direct_conv(x, weight, bias, y, scratch):
     library().lg_direct_conv_f32(x.ctypes.data, n, c, h, w, o, kh, kw, y.shape[2], y.shape[3],
                                  weight.ctypes.data, None if bias is None else bias.ctypes.data,
                                  scratch.ctypes.data, y.ctypes.data)
+
+
+class DirectConvGradient:
+    """The weight and bias gradient of a direct convolution without columns
+    (``lg_direct_conv_dw_f32``): one per thread that runs it, for one
+    geometry.  ``add(x, dy, index)`` accumulates images ``index`` (None:
+    all) of x (N, C, H, W) and dy (N, O, ho, wo); ``result()`` gives
+    (dw (O, C*kh*kw), db (O,)) and starts again from zero."""
+
+    def __init__(self, channels, height, width, out_ch, kh, kw, ho, wo):
+        self.geometry = (channels, height, width, out_ch, kh, kw, ho, wo)
+        taps = channels * kh * kw
+        if taps > DIRECT_CONV_TAPS:
+            raise ValueError(f"direct_conv: {channels}x{kh}x{kw} values per window, at most "
+                             f"{DIRECT_CONV_TAPS}")
+        chunks = -(-ho * width // 16)
+        self.acc = np.zeros((out_ch, taps, 16), np.float32)
+        self.dbias = np.zeros(out_ch, np.float64)
+        self.dyw = np.empty(out_ch * chunks * 16, np.float32)
+        self.masks = np.empty(chunks * 64, np.uint16)
+
+    def add(self, x, dy, index=None):
+        for a in (x, dy):
+            if not a.flags.c_contiguous or a.dtype != np.float32:
+                raise ValueError("direct_conv: arrays must be C-contiguous float32")
+        if index is not None:
+            index = np.ascontiguousarray(index, np.int64)
+        count = x.shape[0] if index is None else len(index)
+        library().lg_direct_conv_dw_f32(
+            x.ctypes.data, dy.ctypes.data, None if index is None else index.ctypes.data, count,
+            *self.geometry, self.dyw.ctypes.data, self.masks.ctypes.data,
+            self.acc.ctypes.data, self.dbias.ctypes.data)
+
+    def result(self):
+        dw = self.acc.sum(axis=2)
+        db = self.dbias.astype(np.float32)
+        self.acc.fill(0)
+        self.dbias.fill(0)
+        return dw, db
 
 
 def row_hash(items):

@@ -504,15 +504,19 @@ def test_row_hash_matches_the_numpy_twin():
 ])
 def test_direct_convolution_matches_numpy(param, shape, direct, threads, monkeypatch):
     """Windows of at most 64 values, stride 1, no padding: the forward pass
-    runs without columns (cpu_kernels.direct_conv) -- same top and gradients
-    as the NumPy path; the backward pass makes the columns itself."""
+    runs without columns (cpu_kernels.direct_conv), and so does the weight
+    gradient when no bottom gradient is asked for (a first layer) -- same
+    top and gradients as the NumPy path; with a bottom gradient the
+    backward pass makes the columns itself."""
     monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
     from layergraph.testing import make_layer, setup_layer
     layer = make_layer(_conv(param), dtype=np.float32)
     setup_layer(layer, [np.zeros(shape, np.float32)])
     assert layer._direct == direct
-    compare_backends(_conv(param), [RNG.standard_normal(shape)], backend="cpu",
-                     reference="numpy", iterations=2, rtol=1e-5, atol=1e-6)
+    x = RNG.standard_normal(shape)
+    for propagate in ([True], [False]):   # [False]: the weight gradient without columns
+        compare_backends(_conv(param), [x], backend="cpu", reference="numpy", iterations=2,
+                         propagate=propagate, rtol=1e-5, atol=1e-6)
 
 
 def test_direct_convolution_refuses_large_windows():

@@ -568,8 +568,104 @@ __attribute__((target("avx512f"))) void direct_conv_image(
                   sizeof(float) * wo);
 }
 
+// The weight gradient without columns: acc[o, k, :] += dy_wide[o, p..p+16) *
+// x[p + off_k ..] over the wide plane's 16-position chunks, one tap at a time
+// for OB output channels (one load of x, OB loads of dy, OB multiply-adds).
+// `acc` holds 16 partial sums per weight, summed by the caller; `dyw` is the
+// image's dy laid out on the wide plane (zero past column wo and past the
+// plane, padded to whole chunks), so only x's loads need masks.
+template <int OB>
+__attribute__((target("avx512f"))) void direct_dw_block(
+    const float* x, const __mmask16* masks, const int* off, int taps, const float* dyw,
+    int o0, i64 chunks, i64 padded_plane, float* acc) {
+  for (int k = 0; k < taps; ++k) {
+    __m512 a[OB];
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b) a[b] = _mm512_loadu_ps(acc + ((i64)(o0 + b) * taps + k) * 16);
+    const float* xk = x + off[k];
+    for (i64 c = 0; c < chunks; ++c) {
+      const __m512 xv = _mm512_maskz_loadu_ps(masks[c * 64 + k], xk + c * 16);
+#pragma GCC unroll 8
+      for (int b = 0; b < OB; ++b)
+        a[b] = _mm512_fmadd_ps(_mm512_loadu_ps(dyw + (i64)(o0 + b) * padded_plane + c * 16), xv,
+                               a[b]);
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b) _mm512_storeu_ps(acc + ((i64)(o0 + b) * taps + k) * 16, a[b]);
+  }
+}
+
+__attribute__((target("avx512f"))) void direct_dw_image(
+    const float* x, const float* dy, const int* off, int taps, int width, int out_ch, int ho,
+    int wo, const __mmask16* masks, float* dyw, float* acc, double* dbias) {
+  const i64 wide_plane = (i64)ho * width;
+  const i64 chunks = (wide_plane + 15) / 16, padded = chunks * 16;
+  for (int o = 0; o < out_ch; ++o) {
+    float* row = dyw + (i64)o * padded;
+    std::memset(row, 0, sizeof(float) * padded);
+    const float* src = dy + (i64)o * ho * wo;
+    double total = 0.0;
+    for (int r = 0; r < ho; ++r) {
+      float part = 0.0f;
+      for (int s = 0; s < wo; ++s) {
+        row[(i64)r * width + s] = src[(i64)r * wo + s];
+        part += src[(i64)r * wo + s];
+      }
+      total += part;
+    }
+    if (dbias) dbias[o] += total;
+  }
+  int o = 0;
+  for (; o + 8 <= out_ch; o += 8)
+    direct_dw_block<8>(x, masks, off, taps, dyw, o, chunks, padded, acc);
+  switch (out_ch - o) {
+#define LG_TAIL(B) case B: direct_dw_block<B>(x, masks, off, taps, dyw, o, chunks, padded, acc); break;
+    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
+#undef LG_TAIL
+    default: break;
+  }
+}
+
 }  // namespace
 #endif
+
+// The weight (and bias) gradient of a direct convolution, for the images
+// index[0..count) of x and dy (index null: images 0..count), on one thread:
+// acc (O, C*kh*kw, 16) += the partial sums (the caller adds the 16 lanes),
+// dbias (O, double; null: none) += dy's sums.  Scratch: dyw of O * (ho * W
+// rounded up to 16) floats, masks of ceil(ho * W / 16) * 64 entries.
+extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64* index,
+                                      i64 count, int channels, int height, int width,
+                                      int out_ch, int kh, int kw, int ho, int wo, float* dyw,
+                                      void* masks, float* acc, double* dbias) {
+#ifdef LG_DIRECT_CONV
+  const int taps = channels * kh * kw;
+  if (taps > 64 || taps < 1) return;   // the caller checks (DIRECT_CONV_TAPS)
+  int off[64];
+  for (int c = 0, k = 0; c < channels; ++c)
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) off[k++] = (c * height + i) * width + j;
+  const i64 limit = (i64)channels * height * width, wide_plane = (i64)ho * width;
+  const i64 chunks = (wide_plane + 15) / 16;
+  // per chunk and tap: the lanes inside the plane, on a column < wo, and
+  // inside the image (the plane's last taps would read past it)
+  __mmask16* m = static_cast<__mmask16*>(masks);
+  for (i64 c = 0; c < chunks; ++c)
+    for (int k = 0; k < taps; ++k) {
+      unsigned bits = 0;
+      for (int l = 0; l < 16; ++l) {
+        const i64 p = c * 16 + l;
+        if (p < wide_plane && p % width < wo && p + off[k] < limit) bits |= 1u << l;
+      }
+      m[c * 64 + k] = (__mmask16)bits;
+    }
+  for (i64 k = 0; k < count; ++k) {
+    const i64 img = index ? index[k] : k;
+    direct_dw_image(x + img * channels * height * width, dy + img * (i64)out_ch * ho * wo, off,
+                    taps, width, out_ch, ho, wo, m, dyw, acc, dbias);
+  }
+#endif
+}
 
 extern "C" int lg_direct_conv_available() {
 #ifdef LG_DIRECT_CONV

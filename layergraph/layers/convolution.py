@@ -121,13 +121,13 @@ def _leading(buffer, shape):
 class _Part:
     """One part of the batch on the compiled CPU path: images [lo, hi), the
     im2col geometry for them, and their buffers (reused across iterations)."""
-    __slots__ = ("lo", "hi", "window", "col", "out", "dw_t", "dcol", "dbias", "wide")
+    __slots__ = ("lo", "hi", "window", "col", "out", "dw_t", "dcol", "dbias", "wide", "dgrad")
 
     def __init__(self, lo, hi, window, col, out, dw_t):
         self.lo, self.hi, self.window = lo, hi, window
         self.col, self.out, self.dw_t = col, out, dw_t
         self.dcol = self.dbias = None   # backward only
-        self.wide = None                # direct forward's scratch
+        self.wide = self.dgrad = None   # direct forward / weight gradient
 
 
 @register_layer("Convolution")
@@ -355,6 +355,9 @@ class Convolution(Layer):
         weight = self.blobs[0]
         w_g = weight.data.reshape(g, o // g, -1)
         b_diff = self.blobs[1].diff if self.bias_term else None  # allocated here, once
+        if self._direct and not propagate:   # no columns at all
+            self._backward_direct(x, dy, active)
+            return
         if not cpu_kernels.skip_inactive(active, dy.shape[0]):
             active = None        # every image: the forward pass's columns
             # (the direct forward pass left no columns: im2col them here)
@@ -411,6 +414,38 @@ class Convolution(Layer):
             dw += p.dw_t.transpose(0, 2, 1)
             if self.bias_term and split:
                 b_diff += p.dbias
+
+    def _backward_direct(self, x, dy, active):
+        """The weight and bias gradients of a direct convolution with no
+        bottom gradient to compute (a first layer): no columns, each part
+        of the (active) images on a thread of its own
+        (cpu_kernels.DirectConvGradient), the parts' sums added after."""
+        n = x.shape[0]
+        if cpu_kernels.skip_inactive(active, n):
+            parts = len(self._parts)
+            jobs = [(p, active[len(active) * i // parts:len(active) * (i + 1) // parts])
+                    for i, p in enumerate(self._parts)]
+        else:
+            jobs = [(p, None) for p in self._parts]
+        weight = self.blobs[0]
+        b_diff = self.blobs[1].diff if self.bias_term else None  # allocated here, once
+        for p, _ in jobs:
+            if p.dgrad is None:
+                p.dgrad = cpu_kernels.DirectConvGradient(
+                    self.channels, *x.shape[2:], self.num_output, *self.kernel, *self.out_size)
+
+        def part(i):
+            p, index = jobs[i]
+            if index is None:
+                p.dgrad.add(x[p.lo:p.hi], dy[p.lo:p.hi])
+            elif len(index):
+                p.dgrad.add(x, dy, index)
+        cpu_kernels.run_parts(part, len(jobs))
+        for p, _ in jobs:
+            dw, db = p.dgrad.result()
+            weight.diff.reshape(self.num_output, -1)[...] += dw
+            if b_diff is not None:
+                b_diff += db
 
     def _active_jobs(self, x, dy, dx, active):
         """The backward jobs of the active images only, cut into parts
