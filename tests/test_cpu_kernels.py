@@ -229,6 +229,9 @@ def test_time_reports_the_batch_split(db, tmp_path, monkeypatch, capsys):
         assert main(["time", "--model", model, "--iterations", "1"]) == 0
         out = capsys.readouterr().out
         assert expect in out and "conv1_p (" not in out
+        assert ("direct convolution (no columns, AVX-512): conv1" in out) == \
+            cpu_kernels.direct_conv_available()
+        assert "backward skips items whose gradient is all zero" in out
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")

@@ -88,6 +88,13 @@ def cmd_time(args):
         else:
             print("batch split over threads: none (LAYERGRAPH_BATCH_THREADS="
                   f"{cpu_kernels.batch_threads()})")
+        direct = [layer.name for i, layer in enumerate(net.layers)
+                  if i not in followers and getattr(layer, "_direct", False)]
+        if direct:
+            print(f"direct convolution (no columns, AVX-512): {', '.join(direct)}")
+        print(f"backward skips items whose gradient is all zero when at most "
+              f"{cpu_kernels.SKIP_BELOW:.0%} are active (Convolution, InnerProduct, Pooling); "
+              f"a fresh net's triplets are all active")
     elif any(layer.type in ("Convolution", "Pooling") for layer in net.layers):
         from .. import cpu_kernels
         print(f"sliding windows: {cpu_kernels.status()[1] if not cpu_kernels.status()[0] else 'NumPy'}")
