@@ -290,13 +290,17 @@ class Convolution(Layer):
     # ------------------------------------------------------------ backward --
     def backward(self, top, propagate_down, bottom):
         # a zero top gradient gives a zero bottom gradient: pass the hint on
-        bottom[0].active = top[0].active
+        # (only with a bottom gradient to describe)
+        propagate = propagate_down[0]
+        if propagate:
+            bottom[0].active = top[0].active
         if self.use_kernels:  # kernels/im2col.cu
             self._backward_kernels(top[0].diff, propagate_down[0], bottom[0].diff)
             return
         if self.cpu_loops:    # kernels/cpu/window_ops.cpp
             active = cpu_kernels.top_active(top[0], top[0].diff)
-            bottom[0].active = active
+            if propagate:
+                bottom[0].active = active
             self._backward_cpu_loops(bottom[0].data, top[0].diff, propagate_down[0],
                                      bottom[0].diff, active)
             return

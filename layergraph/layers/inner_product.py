@@ -117,10 +117,14 @@ class InnerProduct(Layer):
         if self._dw is None:
             self._dw = xp.empty(weight.shape, dtype=self.dtype)
         # rows of the batch: a zero top gradient row gives a zero bottom one
-        bottom[0].active = top[0].active if self.axis == 1 else None
+        # (only with a bottom gradient to describe)
+        propagate = propagate_down[0]
+        if propagate:
+            bottom[0].active = top[0].active if self.axis == 1 else None
         if self._skips and self.axis == 1 and dy.flags.c_contiguous and x.flags.c_contiguous:
             active = cpu_kernels.top_active(top[0], dy)
-            bottom[0].active = active
+            if propagate:
+                bottom[0].active = active
             if cpu_kernels.skip_inactive(active, self.rows):
                 self._backward_active(dy, x, propagate_down[0], bottom[0].diff, active)
                 return
