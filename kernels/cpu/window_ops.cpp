@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "parallel_for.h"
 
@@ -506,6 +507,31 @@ LG_WINDOW_OPS(double, f64)
 #ifdef LG_DIRECT_CONV
 namespace {
 
+// off[k] of each tap k = (c, i, j): where its input starts in the image;
+// returns the tap count, 0 when over 64 (the callers check DIRECT_CONV_TAPS)
+inline int tap_offsets(int channels, int height, int width, int kh, int kw, int* off) {
+  const int taps = channels * kh * kw;
+  if (taps > 64 || taps < 1) return 0;
+  for (int c = 0, k = 0; c < channels; ++c)
+    for (int i = 0; i < kh; ++i)
+      for (int j = 0; j < kw; ++j) off[k++] = (c * height + i) * width + j;
+  return taps;
+}
+
+// block(std::integral_constant<int, B>, o) over the output channels: blocks
+// of 8 (8 vector accumulators), then one block of the rest
+template <typename Block>
+inline void channel_blocks(int out_ch, const Block& block) {
+  int o = 0;
+  for (; o + 8 <= out_ch; o += 8) block(std::integral_constant<int, 8>(), o);
+  switch (out_ch - o) {
+#define LG_TAIL(B) case B: block(std::integral_constant<int, B>(), o); break;
+    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
+#undef LG_TAIL
+    default: break;
+  }
+}
+
 template <int OB>
 __attribute__((target("avx512f"))) void direct_conv_block(
     const float* x, i64 limit, const int* off, int taps, const float* w, const float* bias,
@@ -547,21 +573,12 @@ __attribute__((target("avx512f"))) void direct_conv_image(
     const float* x, int channels, int height, int width, int out_ch, int kh, int kw, int ho,
     int wo, const float* w, const float* bias, float* wide, float* y) {
   int off[64];
-  const int taps = channels * kh * kw;
-  if (taps > 64 || taps < 1) return;   // the caller checks (DIRECT_CONV_TAPS)
-  for (int c = 0, k = 0; c < channels; ++c)
-    for (int i = 0; i < kh; ++i)
-      for (int j = 0; j < kw; ++j) off[k++] = (c * height + i) * width + j;
+  const int taps = tap_offsets(channels, height, width, kh, kw, off);
+  if (!taps) return;
   const i64 limit = (i64)channels * height * width, wide_plane = (i64)ho * width;
-  int o = 0;
-  for (; o + 8 <= out_ch; o += 8)
-    direct_conv_block<8>(x, limit, off, taps, w, bias, o, wide_plane, wide);
-  switch (out_ch - o) {
-#define LG_TAIL(B) case B: direct_conv_block<B>(x, limit, off, taps, w, bias, o, wide_plane, wide); break;
-    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
-#undef LG_TAIL
-    default: break;
-  }
+  channel_blocks(out_ch, [&](auto ob, int o) {
+    direct_conv_block<decltype(ob)::value>(x, limit, off, taps, w, bias, o, wide_plane, wide);
+  });
   for (int oc = 0; oc < out_ch; ++oc)
     for (int r = 0; r < ho; ++r)
       std::memcpy(y + ((i64)oc * ho + r) * wo, wide + (i64)oc * wide_plane + (i64)r * width,
@@ -615,15 +632,9 @@ __attribute__((target("avx512f"))) void direct_dw_image(
     }
     if (dbias) dbias[o] += total;
   }
-  int o = 0;
-  for (; o + 8 <= out_ch; o += 8)
-    direct_dw_block<8>(x, masks, off, taps, dyw, o, chunks, padded, acc);
-  switch (out_ch - o) {
-#define LG_TAIL(B) case B: direct_dw_block<B>(x, masks, off, taps, dyw, o, chunks, padded, acc); break;
-    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
-#undef LG_TAIL
-    default: break;
-  }
+  channel_blocks(out_ch, [&](auto ob, int o) {
+    direct_dw_block<decltype(ob)::value>(x, masks, off, taps, dyw, o, chunks, padded, acc);
+  });
 }
 
 }  // namespace
@@ -639,12 +650,9 @@ extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64
                                       int out_ch, int kh, int kw, int ho, int wo, float* dyw,
                                       void* masks, float* acc, double* dbias) {
 #ifdef LG_DIRECT_CONV
-  const int taps = channels * kh * kw;
-  if (taps > 64 || taps < 1) return;   // the caller checks (DIRECT_CONV_TAPS)
   int off[64];
-  for (int c = 0, k = 0; c < channels; ++c)
-    for (int i = 0; i < kh; ++i)
-      for (int j = 0; j < kw; ++j) off[k++] = (c * height + i) * width + j;
+  const int taps = tap_offsets(channels, height, width, kh, kw, off);
+  if (!taps) return;
   const i64 limit = (i64)channels * height * width, wide_plane = (i64)ho * width;
   const i64 chunks = (wide_plane + 15) / 16;
   // per chunk and tap: the lanes inside the plane, on a column < wo, and
