@@ -12,9 +12,10 @@ Backward:
     dw += dy^T x  (transpose: x^T dy),   db += sum_m dy[m],   dx = dy w  (transpose: dy w^T)
 
 On the CPU, with the compiled loops available (layergraph.cpu_kernels), a
-batch big enough is cut into one part per core, each run on a thread of its
-own with the BLAS at one thread: rows of y and dx by parts of the batch, dw
-by parts of its rows (output units), so no part adds into another's.
+layer with enough work is cut into one part per core, each run on a thread
+of its own with the BLAS at one thread: columns of y and rows of dw by
+parts of the output units, rows of dx by parts of the batch, so no part
+adds into another's.
 
 On the kernel path (GPU and its emulation) the forward pass is the same GEMM
 + broadcast bias add (2 launches; a hand-written kernel would not save one).
@@ -94,12 +95,15 @@ class InnerProduct(Layer):
         w = self.blobs[0].data
         y = top[0].data.reshape(self.rows, self.num_output)
         if self._parts is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+            # by output columns, so each part reads its rows of w only (by
+            # batch rows both parts read all of w: ip1 of the templates on
+            # 128 rows, 2 threads: 1.03 -> 0.91 ms)
             def part(i):
-                lo, hi = self._parts[i]
-                np.dot(x[lo:hi], w.T, out=y[lo:hi])
+                a, b = self._out_parts[i]
+                np.matmul(x, w[a:b].T, out=y[:, a:b])
                 if self.bias_term:
-                    y[lo:hi] += self.blobs[1].data
-            cpu_kernels.run_parts(part, len(self._parts))
+                    y[:, a:b] += self.blobs[1].data[a:b]
+            cpu_kernels.run_parts(part, len(self._out_parts))
             return
         self.xp.dot(x, w if self.transpose else w.T, out=y)
         if self.bias_term:
