@@ -528,3 +528,35 @@ def test_direct_convolution_refuses_large_windows():
     with pytest.raises(ValueError, match="at most 64"):
         cpu_kernels.direct_conv(x, w, None, np.zeros((1, 2, 5, 5), np.float32),
                                 cpu_kernels.direct_conv_scratch(2, 5, 9))
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_convolution_backward_in_chunks_of_images(threads, monkeypatch):
+    """dcol -> col2im runs a few images at a time (cache-sized chunks): with
+    chunks of 2 images, the same gradients as the NumPy path, also for the
+    active images only."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    from layergraph.testing import make_layer, setup_layer
+    spec = _conv("num_output: 4 kernel_size: 3 pad: 1")
+    x = np.random.default_rng(8).standard_normal((7, 3, 6, 6)).astype(np.float32)
+    results = []
+    for loops in (False, True):
+        with cpu_kernels.disabled() if not loops else _nothing():
+            layer = make_layer(spec, dtype=np.float32, seed=1)
+            bottom, top = setup_layer(layer, [x])
+        if loops:
+            layer._dcol_images = 2
+        got = []
+        for active in (None, [0, 3, 4]):
+            layer.forward(bottom, top)
+            draw = np.random.default_rng(9)          # the same diffs on both paths
+            top[0].diff[...] = (draw.standard_normal(top[0].shape) if active is None
+                                else _sparse_diffs(top[0].shape, active, draw))
+            for b in layer.blobs:
+                b.zero_diff()
+            layer.backward(top, [True], bottom)
+            got.append([bottom[0].diff.copy()] + [b.diff.copy() for b in layer.blobs])
+        results.append(got)
+    for ref, new in zip(*results):
+        for a, b in zip(ref, new):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
