@@ -208,6 +208,18 @@ def direct_conv_available():
     return lib is not None and bool(lib.lg_direct_conv_available())
 
 
+def _check_taps(channels, kh, kw):
+    if channels * kh * kw > DIRECT_CONV_TAPS:
+        raise ValueError(f"direct_conv: {channels}x{kh}x{kw} values per window, at most "
+                         f"{DIRECT_CONV_TAPS}")
+
+
+def _check_arrays(arrays):
+    for a in arrays:
+        if not a.flags.c_contiguous or a.dtype != np.float32:
+            raise ValueError("direct_conv: arrays must be C-contiguous float32")
+
+
 def direct_conv_scratch(out_ch, ho, width):
     """The scratch :func:`direct_conv` needs: one wide plane per thread."""
     return np.empty(max(_threads(), 1) * out_ch * ho * width, np.float32)
@@ -220,12 +232,8 @@ def direct_conv(x, weight, bias, y, scratch):
     images split over the loops' threads."""
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    if c * kh * kw > DIRECT_CONV_TAPS:
-        raise ValueError(f"direct_conv: {c}x{kh}x{kw} values per window, at most "
-                         f"{DIRECT_CONV_TAPS}")
-    for a in (x, weight, y) + (() if bias is None else (bias,)):
-        if not a.flags.c_contiguous or a.dtype != np.float32:
-            raise ValueError("direct_conv: arrays must be C-contiguous float32")
+    _check_taps(c, kh, kw)
+    _check_arrays((x, weight, y) + (() if bias is None else (bias,)))
     library().lg_direct_conv_f32(x.ctypes.data, n, c, h, w, o, kh, kw, y.shape[2], y.shape[3],
                                  weight.ctypes.data, None if bias is None else bias.ctypes.data,
                                  scratch.ctypes.data, y.ctypes.data)
@@ -240,10 +248,8 @@ class DirectConvGradient:
 
     def __init__(self, channels, height, width, out_ch, kh, kw, ho, wo):
         self.geometry = (channels, height, width, out_ch, kh, kw, ho, wo)
+        _check_taps(channels, kh, kw)
         taps = channels * kh * kw
-        if taps > DIRECT_CONV_TAPS:
-            raise ValueError(f"direct_conv: {channels}x{kh}x{kw} values per window, at most "
-                             f"{DIRECT_CONV_TAPS}")
         chunks = -(-ho * width // 16)
         self.acc = np.zeros((out_ch, taps, 16), np.float32)
         self.dbias = np.zeros(out_ch, np.float64)
@@ -251,9 +257,7 @@ class DirectConvGradient:
         self.masks = np.empty(chunks * 64, np.uint16)
 
     def add(self, x, dy, index=None):
-        for a in (x, dy):
-            if not a.flags.c_contiguous or a.dtype != np.float32:
-                raise ValueError("direct_conv: arrays must be C-contiguous float32")
+        _check_arrays((x, dy))
         if index is not None:
             index = np.ascontiguousarray(index, np.int64)
         count = x.shape[0] if index is None else len(index)

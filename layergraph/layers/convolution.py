@@ -129,6 +129,17 @@ class _Part:
         self.dcol = self.dbias = None   # backward only
         self.wide = self.dgrad = None   # direct forward / weight gradient
 
+    def columns(self, out_ch, dtype):
+        """(col, out), allocated on first use: a direct convolution's
+        forward pass needs neither, nor its backward without a bottom
+        gradient."""
+        if self.col is None:
+            n, c, _, _, kh, kw = self.window[:6]
+            plane = self.window[-2] * self.window[-1]
+            self.col = np.empty((c * kh * kw, n * plane), dtype=dtype)
+            self.out = np.empty((out_ch, n * plane), dtype=dtype)
+        return self.col, self.out
+
 
 @register_layer("Convolution")
 class Convolution(Layer):
@@ -178,14 +189,20 @@ class Convolution(Layer):
         if self.cpu_loops:    # NCHW columns, as the kernel path, per part of the batch
             (sh, sw), (dh, dw) = self.stride, self.dilation
             g, o = self.group, self.num_output
+            # few values per window: forward without columns (direct_conv)
+            self._direct = (dt == np.float32 and (sh, sw, ph, pw, dh, dw, g) == (1, 1, 0, 0, 1, 1, 1)
+                            and c * kh * kw <= cpu_kernels.DIRECT_CONV_TAPS
+                            and cpu_kernels.direct_conv_available())
             self._parts = []
             for lo, hi in cpu_kernels.batch_parts(n):
-                self._parts.append(_Part(
-                    lo, hi, (hi - lo, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo),
-                    col=xp.empty((c * kh * kw, (hi - lo) * ho * wo), dtype=dt),
-                    out=xp.empty((o, (hi - lo) * ho * wo), dtype=dt),
-                    dw_t=xp.empty((g, c // g * kh * kw, o // g), dtype=dt)))  # dw^T per group
-            self._col = self._parts[0].col if len(self._parts) == 1 else None
+                p = _Part(lo, hi, (hi - lo, c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo),
+                          col=None, out=None,
+                          dw_t=xp.empty((g, c // g * kh * kw, o // g), dtype=dt))  # dw^T per group
+                if self._direct:
+                    p.wide = cpu_kernels.direct_conv_scratch(o, ho, w)
+                else:
+                    p.columns(o, dt)
+                self._parts.append(p)
             self._gathered = None   # backward of the active images only
             # dcol -> col2im in chunks of about 1 MB of columns: written and
             # read back from the core's cache, not memory, and 1 MB of
@@ -193,12 +210,6 @@ class Convolution(Layer):
             # templates, 2 parts of 64 images: 8.9 -> 8.4 ms backward alone;
             # within noise in a Siamese step)
             self._dcol_images = max(1, (1 << 20) // (c * kh * kw * ho * wo * dt.itemsize))
-            # few values per window: forward without columns (direct_conv)
-            self._direct = (dt == np.float32 and (sh, sw, ph, pw, dh, dw, g) == (1, 1, 0, 0, 1, 1, 1)
-                            and c * kh * kw <= cpu_kernels.DIRECT_CONV_TAPS
-                            and cpu_kernels.direct_conv_available())
-            for p in self._parts if self._direct else ():
-                p.wide = cpu_kernels.direct_conv_scratch(o, ho, w)
             return
         if self.use_kernels:  # NCHW columns (C*kh*kw, N*Ho*Wo), rows (c, i, j)
             (sh, sw), (dh, dw) = self.stride, self.dilation
@@ -371,7 +382,7 @@ class Convolution(Layer):
         if not cpu_kernels.skip_inactive(active, dy.shape[0]):
             active = None        # every image: the forward pass's columns
             # (the direct forward pass left no columns: im2col them here)
-            jobs = [(p, p.window, p.col, p.out, dy[p.lo:p.hi], dx[p.lo:p.hi],
+            jobs = [(p, p.window, *p.columns(o, dt), dy[p.lo:p.hi], dx[p.lo:p.hi],
                      (None, x[p.lo:p.hi]) if self._direct else None) for p in self._parts]
         else:
             if propagate:
@@ -481,6 +492,7 @@ class Convolution(Layer):
             if k == 0:
                 continue
             window = (k,) + p.window[1:]
+            p.columns(self.num_output, self.dtype)
             if k > p.hi - p.lo:   # cannot happen with the even cut; kept safe
                 p = _Part(p.lo, p.hi, window, xp.empty((p.col.shape[0], k * plane), self.dtype),
                           xp.empty((p.out.shape[0], k * plane), self.dtype),

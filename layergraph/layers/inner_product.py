@@ -78,12 +78,11 @@ class InnerProduct(Layer):
         self.rows = bottom[0].count_range(0, self.axis)
         top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
         self._parts = self._out_parts = None
-        # compiled-loop CPU path: skip all-zero rows of dy in backward
+        # compiled-loop CPU path: skip all-zero rows of dy in backward, and
+        # split the work over the cores when there is enough of it
         self._skips = (self.xp is np and not self.use_kernels and not self.transpose
                        and cpu_kernels.available(self.dtype))
-        if (self.xp is np and not self.use_kernels and not self.transpose
-                and self.rows * k * self.num_output >= SPLIT_WORK
-                and cpu_kernels.available(self.dtype)):
+        if self._skips and self.rows * k * self.num_output >= SPLIT_WORK:
             parts = cpu_kernels.batch_parts(self.rows)
             if len(parts) > 1:
                 self._parts = parts
