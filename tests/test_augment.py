@@ -1,5 +1,6 @@
 """On-the-fly augmentation in the Data layer (transform_param max_shift,
-max_rotation, min_scale, max_scale) and its warp (layers/_augment.py)."""
+max_rotation, min_scale, max_scale, elastic_alpha, elastic_sigma) and its
+warp (layers/_augment.py)."""
 import numpy as np
 import pytest
 
@@ -237,9 +238,101 @@ def test_test_phase_is_not_augmented(db):
     ("max_rotation: -5", r"max_rotation must be in \[0, 180\]"),
     ("max_rotation: 200", r"max_rotation must be in \[0, 180\]"),
     ("max_rotation: nan", r"max_rotation must be in \[0, 180\]"),
+    ("elastic_alpha: -1", "elastic_alpha must be a number >= 0"),
+    ("elastic_alpha: inf", "elastic_alpha must be a number >= 0"),
+    ("elastic_alpha: 5 elastic_sigma: 0", "elastic_sigma must be a number > 0"),
+    ("elastic_sigma: -2", "elastic_sigma must be a number > 0"),
 ])
 def test_bad_values_are_one_line_layer_errors(db, bad, message):
     for phase in (pb.TRAIN, pb.TEST):
         with pytest.raises(LayerError, match=message) as err:
             data_layer('source: "TOY.training" batch_size: 2', bad, phase=phase)
         assert "\n" not in str(err.value) and "layer 'data' (Data)" in str(err.value)
+
+
+# ------------------------------------------------------ elastic distortion --
+
+def test_blur_matrix_is_a_normalised_gaussian_with_mirrored_border():
+    for size, sigma in ((28, 4.0), (8, 1.5), (5, 6.0)):   # 6.0: the kernel outgrows the axis
+        b = _augment.blur_matrix(size, sigma).astype(np.float64)
+        np.testing.assert_allclose(b.sum(axis=1), 1, rtol=1e-6)
+        radius = int(4 * sigma + 0.5)
+        g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        g /= g.sum()
+        u = np.random.default_rng(0).standard_normal(size)
+        # by hand: extend u by mirroring (d c b a | a b c d | d c b a), then convolve
+        period = np.concatenate([u, u[::-1]])
+        extended = period[np.arange(-radius, size + radius) % (2 * size)]
+        want = np.convolve(extended, g, mode="valid")
+        np.testing.assert_allclose(b @ u, want, rtol=1e-5, atol=1e-6)
+
+
+def test_blur_matches_scipy_gaussian_filter():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    u = np.random.default_rng(1).uniform(-1, 1, (28, 20))
+    for sigma in (1.0, 4.0, 6.0):
+        want = ndimage.gaussian_filter(u, sigma, mode="reflect", truncate=4.0)
+        got = _augment.blur_matrix(28, sigma) @ u.astype(np.float32) @ \
+            _augment.blur_matrix(20, sigma).T
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_displacement_is_smooth_noise_of_the_predicted_size():
+    alpha, sigma = 34.0, 4.0
+    rows, cols = _augment.displacement(np.random.default_rng(3), 2000, 28, 28, alpha, sigma)
+    assert rows.shape == cols.shape == (2000, 28, 28) and rows.dtype == np.float32
+    inner = (slice(None), slice(10, 18), slice(10, 18))
+    # U[-1, 1] (variance 1/3) blurred by a 2-d Gaussian: variance 1/3 * 1/(4 pi sigma^2)
+    predicted = alpha * np.sqrt(1 / 3 / (4 * np.pi * sigma ** 2))
+    for field in (rows, cols):
+        assert abs(float(field.mean())) < 0.05 * predicted
+        assert float(np.sqrt((field[inner] ** 2).mean())) == pytest.approx(predicted, rel=0.05)
+        # smooth: neighbours move together, far pixels independently
+        a, b, far = field[:, 14, 10].ravel(), field[:, 14, 11].ravel(), field[:, 14, 26].ravel()
+        assert np.corrcoef(a, b)[0, 1] > 0.95
+        assert abs(np.corrcoef(a, far)[0, 1]) < 0.3
+    assert abs(np.corrcoef(rows.ravel(), cols.ravel())[0, 1]) < 0.05  # independent axes
+    # linear in alpha, from the same draws
+    r2, _ = _augment.displacement(np.random.default_rng(3), 2000, 28, 28, 2 * alpha, sigma)
+    np.testing.assert_allclose(r2, 2 * rows, rtol=1e-5, atol=1e-5)
+
+
+def test_elastic_warp_is_the_affine_warp_plus_the_displacement():
+    x = np.random.default_rng(4).random((5, 2, 12, 10)).astype(np.float32)
+    fields = (1, 10.0, 0.9, 1.1, 8.0, 3.0)
+    got = _augment.Augment(*fields)(x, np.random.default_rng(7))
+    rng = np.random.default_rng(7)   # the same draws, in the documented order
+    theta, scale, shift = _augment.draw(rng, 5, *fields)
+    rows, cols = _augment.source_coordinates(12, 10, theta, scale, shift)
+    dr, dc = _augment.displacement(rng, 5, 12, 10, 8.0, 3.0)
+    want = _augment.warp(x, rows + dr, cols + dc)
+    np.testing.assert_array_equal(got, want)
+    plain = _augment.Augment(*fields[:4])(x, np.random.default_rng(7))
+    assert not np.allclose(got, plain)
+    # a constant image stays constant where the displaced pixels stay inside
+    flat = np.full((3, 1, 28, 28), 7.0, np.float32)
+    out = _augment.Augment(0, 0, 1, 1, 2.0, 4.0)(flat, np.random.default_rng(0))
+    np.testing.assert_allclose(out[:, :, 4:24, 4:24], 7.0, rtol=1e-5)
+
+
+def test_elastic_in_the_data_layer_changes_only_the_warp(db):
+    """Reproducible from the seed; the same images, crops, flips and affine
+    draws as without it (its noise is drawn after them); off at 0."""
+    spec = 'source: "TOY.training" batch_size: 8 enable_random_selection: true'
+    elastic = " elastic_alpha: 6 elastic_sigma: 2"
+    a, ta = data_layer(spec, AUG + elastic + " mirror: true", seed=4)
+    b, tb = data_layer(spec, AUG + elastic + " mirror: true", seed=4)
+    c, tc = data_layer(spec, AUG + " mirror: true", seed=4)
+    off, toff = data_layer(spec, "mirror: true elastic_alpha: 0 elastic_sigma: 2", seed=4)
+    assert off._plan.transform.augment is None
+    assert a._plan.transform.augment.elastic == (6.0, 2.0)
+    for k, ((da, la), (db_, lb), (dc, lc)) in enumerate(zip(batches(a, ta, 4), batches(b, tb, 4),
+                                                            batches(c, tc, 4))):
+        np.testing.assert_array_equal(da, db_)
+        np.testing.assert_array_equal(la, lc)
+        assert not np.array_equal(da, dc)
+        theta_a, _, shift_a = draws(a, k, 8)
+        theta_c, _, shift_c = draws(c, k, 8)
+        np.testing.assert_array_equal(theta_a, theta_c)
+        np.testing.assert_array_equal(shift_a, shift_c)
+    a.close(), b.close(), c.close(), off.close()

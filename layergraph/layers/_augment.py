@@ -1,5 +1,6 @@
 """On-the-fly geometric augmentation of the Data layer (transform_param's
-``max_shift``, ``max_rotation``, ``min_scale``, ``max_scale``).
+``max_shift``, ``max_rotation``, ``min_scale``, ``max_scale``, and the
+elastic distortion's ``elastic_alpha``, ``elastic_sigma``).
 
 Not a layer module: it registers nothing (the registry imports it, harmlessly).
 
@@ -36,12 +37,34 @@ costs four gathers instead of one, yet nearest measured at most a third
 cheaper for the whole augmentation (both far below a training step; see
 :func:`warp`).
 
+Elastic distortion (Simard, Steinkraus and Platt 2003, "Best practices for
+convolutional neural networks applied to visual document analysis") bends
+the strokes as handwriting varies, which no affine map does.  With
+``elastic_alpha`` > 0, each image b also draws two fields of independent
+noise ``U_b^r, U_b^c ~ U[-1, 1]`` (H x W each) and output pixel q reads the
+source at
+
+    p + alpha (G_sigma * U_b)(q)
+
+where ``G_sigma *`` is a normalised Gaussian blur of ``elastic_sigma``
+pixels (truncated at 4 sigma, the border mirrored as scipy.ndimage's
+``reflect`` mode: ``d c b a | a b c d | d c b a``).  The blur makes the
+displacement smooth -- neighbouring pixels move together -- so strokes
+bend instead of scattering; alpha sets the size (about alpha / (2
+sqrt(3 pi) sigma) pixels root-mean-square per axis away from the border:
+~1.4 px for Simard's alpha = 34, sigma = 4 on 28 x 28 digits).  The blur is
+two small matrix products per field (``B_H U B_W^T``, with ``B`` the blur
+as an H x H matrix, the mirrored border folded in), about 1 ms for a batch
+of 300 28 x 28 images.
+
 Vectorised over the batch: the source coordinates of all images are built at
 once, and each stencil corner of every output pixel of every image and
 channel is read with one gather from the flattened batch (:func:`warp`).
 
 Random draws come from the generator handed in (the Data layer's per-batch
-generator for augmentation), in this order: theta (n), s (n), t (n x 2).
+generator for augmentation), in this order: theta (n), s (n), t (n x 2),
+then, with the elastic distortion on, its noise (n x 2 x H x W) -- so
+turning it on changes none of the affine draws.
 """
 import math
 import threading
@@ -61,16 +84,25 @@ def check(layer, tp):
         raise layer.error(f"transform_param.min_scale must be a number > 0, got {lo:g}")
     if hi < lo:
         raise layer.error(f"transform_param.max_scale ({hi:g}) must be >= min_scale ({lo:g})")
-    return shift, rotation, lo, hi
+    alpha, sigma = float(tp.elastic_alpha), float(tp.elastic_sigma)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise layer.error(f"transform_param.elastic_alpha must be a number >= 0 (pixels per "
+                          f"unit of smoothed noise; 0: off), got {alpha:g}")
+    if not math.isfinite(sigma) or sigma <= 0:
+        raise layer.error(f"transform_param.elastic_sigma must be a number > 0 (pixels), "
+                          f"got {sigma:g}")
+    return shift, rotation, lo, hi, alpha, sigma
 
 
-def is_identity(shift, rotation, lo, hi):
+def is_identity(shift, rotation, lo, hi, alpha=0.0, sigma=4.0):
     """True when the fields are at their defaults: no warp at all."""
-    return shift == 0 and rotation == 0 and lo == 1 and hi == 1
+    return shift == 0 and rotation == 0 and lo == 1 and hi == 1 and alpha == 0
 
 
-def draw(rng, n, max_shift, max_rotation, min_scale, max_scale):
-    """Per-image parameters: (theta radians (n,), s (n,), t (n, 2) int)."""
+def draw(rng, n, max_shift, max_rotation, min_scale, max_scale, *elastic):
+    """Per-image affine parameters: (theta radians (n,), s (n,), t (n, 2)
+    int).  (The elastic fields, if given, are drawn by :func:`displacement`
+    after these.)"""
     theta = np.deg2rad(rng.uniform(-max_rotation, max_rotation, size=n))
     scale = rng.uniform(min_scale, max_scale, size=n)
     shift = rng.integers(-max_shift, max_shift + 1, size=(n, 2))
@@ -93,6 +125,36 @@ def source_coordinates(h, w, theta, scale, shift):
     cols = cos * v - sin * u
     cols += cc
     return rows, cols
+
+
+def blur_matrix(size, sigma):
+    """The normalised Gaussian blur of ``sigma`` pixels along an axis of
+    ``size`` pixels as a (size, size) float32 matrix: ``B @ u`` blurs u,
+    truncated at 4 sigma, with the border mirrored (scipy.ndimage's
+    ``reflect``: the pixel at -1 is pixel 0, at size is size - 1)."""
+    radius = max(1, int(4.0 * sigma + 0.5))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    b = np.zeros((size, size))
+    period = 2 * size
+    for i in range(size):
+        src = (i + offsets) % period
+        src = np.where(src >= size, period - 1 - src, src)
+        np.add.at(b[i], src, kernel)
+    return b.astype(np.float32)
+
+
+def displacement(rng, n, h, w, alpha, sigma, blur=None):
+    """The elastic displacement (rows, cols), each (n, h, w) float32:
+    ``alpha`` times noise U[-1, 1] drawn from ``rng`` (n x 2 x h x w, in
+    that order) and blurred by a Gaussian of ``sigma`` pixels.  ``blur``:
+    the (B_h, B_w) of :func:`blur_matrix`, reused (made here when None)."""
+    bh, bw = blur if blur is not None else (blur_matrix(h, sigma), blur_matrix(w, sigma))
+    noise = rng.uniform(-1.0, 1.0, size=(n, 2, h, w)).astype(np.float32)
+    field = np.matmul(np.matmul(bh, noise), bw.T)
+    field *= np.float32(alpha)
+    return field[:, 0], field[:, 1]
 
 
 class Workspace:
@@ -183,8 +245,11 @@ class Augment:
     fields are at their defaults).  Each thread calling it (the prefetch
     thread, or forward) keeps a :class:`Workspace` of its own."""
 
-    def __init__(self, max_shift, max_rotation, min_scale, max_scale):
+    def __init__(self, max_shift, max_rotation, min_scale, max_scale, elastic_alpha=0.0,
+                 elastic_sigma=4.0):
         self.params = (max_shift, max_rotation, min_scale, max_scale)
+        self.elastic = (float(elastic_alpha), float(elastic_sigma))
+        self._blur = {}     # (h, w) -> the blur matrices of the elastic distortion
         self._local = threading.local()
 
     def __call__(self, x, rng):
@@ -192,6 +257,14 @@ class Augment:
         n, _, h, w = x.shape
         theta, scale, shift = draw(rng, n, *self.params)
         rows, cols = source_coordinates(h, w, theta, scale, shift)
+        alpha, sigma = self.elastic
+        if alpha > 0:
+            blur = self._blur.get((h, w))
+            if blur is None:
+                blur = self._blur[(h, w)] = (blur_matrix(h, sigma), blur_matrix(w, sigma))
+            dr, dc = displacement(rng, n, h, w, alpha, sigma, blur)
+            rows += dr
+            cols += dc
         ws = getattr(self._local, "workspace", None)
         if ws is None or ws.key != (tuple(x.shape), (h, w)):
             ws = self._local.workspace = Workspace(x.shape, (h, w))

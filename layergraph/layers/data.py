@@ -34,12 +34,14 @@ with MyCaffe's extensions:
   distortion_param / mask_param / label_mapping are accepted while inactive
   (an active distortion whose probabilities are all 0 is a no-op); an
   active one is an error.
-* augmentation (TRAIN only; a no-op costing nothing while the four fields
+* augmentation (TRAIN only; a no-op costing nothing while its fields
   are at their defaults): per image a random affine warp A -- a rotation of
   U[-max_rotation, max_rotation] degrees and a scaling of U[min_scale,
   max_scale] about the image centre, then a shift of U{-max_shift..max_shift}
-  whole pixels per axis -- resampled bilinearly with zero outside (math and
-  timing in :mod:`layergraph.layers._augment`).  With it the order is::
+  whole pixels per axis -- and, with elastic_alpha > 0, an elastic
+  distortion (every pixel displaced by elastic_alpha times U[-1, 1] noise
+  blurred by a Gaussian of elastic_sigma pixels), resampled bilinearly with
+  zero outside (math and timing in :mod:`layergraph.layers._augment`).  With it the order is::
 
       y = scale * (A(mirror(crop(convert(x)))) - mirror(crop(mean)))
 
