@@ -40,7 +40,8 @@ CONFIGS = {
                                         "warmup_miner: SEMI_HARD")]),
     # semi-hard without the augmentation (shifts/rotations cost accuracy on clothes)
     "semihard_noaug": ("TripletNet_28x28_BatchHard",
-                       [("max_shift: 2 max_rotation: 10 min_scale: 0.9 max_scale: 1.1", "")]),
+                       [("max_shift: 2 max_rotation: 10 min_scale: 0.9 max_scale: 1.1", ""),
+                        ("elastic_alpha: 34 elastic_sigma: 4", "")]),
     "deephash": ("DeepHash_28x28", []),
 }
 #: --edit OLD=>NEW adds replacements to every configuration (a variant measured

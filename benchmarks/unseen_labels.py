@@ -65,7 +65,8 @@ CONFIGS = {
     "batchhard": ("TripletNet_28x28_BatchHard", []),
     "semihard_noaug": ("TripletNet_28x28_BatchHard",
                        [("miner: BATCH_HARD", "miner: SEMI_HARD"),
-                        ("max_shift: 2 max_rotation: 10 min_scale: 0.9 max_scale: 1.1", "")]),
+                        ("max_shift: 2 max_rotation: 10 min_scale: 0.9 max_scale: 1.1", ""),
+                        ("elastic_alpha: 34 elastic_sigma: 4", "")]),
 }
 #: the configurations run per dataset
 DATASET_CONFIGS = {"MNIST": ["untrained", "batchhard"],

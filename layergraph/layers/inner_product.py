@@ -169,7 +169,8 @@ class InnerProduct(Layer):
             if propagate:
                 dx.reshape(self.rows, -1)[active] = dxa
             return
-        w_diff += np.dot(dya.T, xa)
+        np.dot(dya.T, xa, out=self._dw)   # (no fresh weight-sized temporary per step)
+        w_diff += self._dw
         if b_diff is not None:
             b_diff += dya.sum(axis=0)
         if propagate:
