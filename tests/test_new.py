@@ -80,3 +80,76 @@ def test_max_iter_scales_the_schedule(db, tmp_path):
     readme = tmp_path / "r" / "README.md"
     if readme.exists():
         assert "L12" in readme.read_text()
+
+
+# ------------------------------------------------------------- recipes --
+
+def _large(monkeypatch, smallest):
+    """Pretend the dataset's smallest label has ``smallest`` training images."""
+    from layergraph.tools import templates
+    real = templates._dataset_facts
+
+    def facts(dataset):
+        info = real(dataset)
+        return None if info is None else dict(info, smallest_label=smallest)
+    monkeypatch.setattr(templates, "_dataset_facts", facts)
+
+
+def test_a_large_dataset_gets_the_large_dataset_recipe(db, tmp_path, monkeypatch):
+    """BatchHard's recipes.json: from 2,000 images per label, no
+    augmentation, 10 x 16 batches, 32/64 filters, 4,000 iterations (the
+    schedule scaled with it), and the copied files say so."""
+    _large(monkeypatch, 6000)
+    notes = []
+    new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "r"), log=notes.append)
+    net = (tmp_path / "r" / "train_val.prototxt").read_text()
+    body = "\n".join(line for line in net.splitlines() if not line.lstrip().startswith("#"))
+    for gone in ("max_shift", "max_rotation", "min_scale", "max_scale", "elastic_alpha"):
+        assert gone not in body
+    assert 160 in _field(body, "batch_size") and _field(body, "images_per_label") == [16]
+    assert _field(body, "labels_per_batch") == [10]
+    assert [int(v) for v in re.findall(r"num_output:\s*(\d+)\s+kernel_size", body)] == [32, 64]
+    assert net.startswith("# `layergraph new` applied this template's 'large_dataset' recipe")
+    solver = (tmp_path / "r" / "solver.prototxt").read_text()
+    assert _field(solver, "max_iter") == [4000]
+    assert _field(solver, "stepvalue") == [2000, 2667, 3333]
+    assert "'large_dataset' recipe" in (tmp_path / "r" / "README.md").read_text()
+    assert any("applied the template's 'large_dataset' recipe" in n and "6,000" in n
+               for n in notes)
+    lg.Net(str(tmp_path / "r" / "train_val.prototxt"), lg.TRAIN).close()   # it builds
+
+
+def test_recipes_apply_only_when_the_dataset_qualifies_or_when_asked(db, tmp_path, monkeypatch):
+    _large(monkeypatch, 1999)               # below the recipe's 2,000: the template
+    new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "a"))
+    text = (tmp_path / "a" / "train_val.prototxt").read_text()
+    assert "elastic_alpha: 34" in text and 300 in _field(text, "batch_size")
+    _large(monkeypatch, 6000)
+    new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "b"),
+                      recipe="template")    # asked for the template as it is
+    assert (tmp_path / "b" / "train_val.prototxt").read_text() == \
+        (tmp_path / "a" / "train_val.prototxt").read_text()
+    new_from_template("TripletNet_28x28_BatchHard", "L12", str(tmp_path / "c"), max_iter=500,
+                      recipe="large_dataset")   # by name; --max-iter wins over its 4,000
+    assert _field((tmp_path / "c" / "solver.prototxt").read_text(), "max_iter") == [500]
+    # templates without recipes.json are unaffected
+    new_from_template("TripletNet_28x28", "L12", str(tmp_path / "d"))
+    assert "applied" not in (tmp_path / "d" / "train_val.prototxt").read_text()[:200]
+    assert not (tmp_path / "d" / "recipes.json").exists()
+
+
+def test_every_recipe_still_fits_its_template(tmp_path):
+    """A recipe's text replacements must all occur in the template (a
+    template edit that breaks one fails here, not in a user's `new`)."""
+    from layergraph.tools.templates import load_recipes
+    for template in list_templates():
+        for name in load_recipes(template):
+            new_from_template(template, None, str(tmp_path / f"{template}_{name}"), recipe=name)
+
+
+def test_an_unknown_recipe_is_a_one_line_error(db, tmp_path, capsys):
+    code = main(["new", "--template", "TripletNet_28x28_BatchHard", "--dataset", "L12",
+                 "--out", str(tmp_path / "r"), "--recipe", "huge"])
+    err = capsys.readouterr().err
+    assert code != 0 and "has no recipe 'huge'" in err and "large_dataset" in err
+    assert len(err.strip().splitlines()) == 1

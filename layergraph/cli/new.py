@@ -11,7 +11,8 @@ def cmd_new(args):
     _set_db(args)
     notes = []
     written = new_from_template(args.template, args.dataset, args.out, force=args.force,
-                                max_iter=args.max_iter, log=notes.append)
+                                max_iter=args.max_iter, log=notes.append,
+                                recipe=args.recipe)
     for path in written:
         print(f"wrote {path}")
     for note in notes:
@@ -34,5 +35,10 @@ def add_commands(sub):
     p.add_argument("--max-iter", type=int,
                    help="train this many iterations (the lr schedule, snapshots and tests "
                         "scale with it)")
+    p.add_argument("--recipe", default="auto",
+                   help="auto (default): apply a recipe of the template's recipes.json "
+                        "that the dataset qualifies for (e.g. TripletNet_28x28_BatchHard's "
+                        "'large_dataset' from 2,000 images per label); 'template': the "
+                        "template as it is; or a recipe's name")
     p.add_argument("--db")
     p.set_defaults(func=cmd_new)

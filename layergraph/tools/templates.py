@@ -4,7 +4,21 @@
                        with a ``train_val.prototxt``);
 ``new_from_template``  copy one into a directory, its data sources pointed at
                        a dataset.
+
+A template may ship recipes for other kinds of dataset in ``recipes.json``
+beside its prototxts: settings measured better there, which ``new``
+applies when the dataset qualifies (``--recipe auto``, the default) or when
+asked (``--recipe NAME``); ``--recipe template`` keeps the template as it
+is.  Each recipe::
+
+    {"NAME": {"min_images_per_label": 2000,       # auto: the training split's
+                                                   # smallest label has as many
+              "replace": [["OLD", "NEW"], ...],    # in train_val.prototxt; OLD
+                                                   # must occur
+              "max_iter": 4000,                    # the schedule scales with it
+              "summary": "what it changes and what it measured"}}
 """
+import json
 import os
 
 from ..errors import LayergraphError
@@ -43,7 +57,54 @@ def list_templates():
                   if os.path.isfile(os.path.join(TEMPLATE_DIR, d, "train_val.prototxt")))
 
 
-def new_from_template(template, dataset, out, force=False, max_iter=None, log=None):
+def load_recipes(template):
+    """The recipes of a template (see the module docstring): {name: dict}."""
+    path = os.path.join(TEMPLATE_DIR, template, "recipes.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            recipes = json.load(f)
+    except (OSError, ValueError) as e:
+        raise LayergraphError(f"{path}: not a readable recipes file "
+                              f"({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(recipes, dict) or not all(isinstance(r, dict) for r in recipes.values()):
+        raise LayergraphError(f"{path}: expected {{\"name\": {{...}}, ...}}")
+    return recipes
+
+
+def choose_recipe(template, info, recipe="auto"):
+    """(name, recipe dict) to apply, or (None, None): ``recipe`` 'auto' picks
+    the first whose ``min_images_per_label`` the dataset (``info``, see
+    _dataset_facts) meets; 'template' none; else that recipe by name."""
+    recipes = load_recipes(template)
+    if recipe in (None, "template"):
+        return None, None
+    if recipe != "auto":
+        if recipe not in recipes:
+            raise LayergraphError(f"template {template} has no recipe '{recipe}'; recipes: "
+                                  f"{', '.join(['auto', 'template'] + sorted(recipes))}")
+        return recipe, recipes[recipe]
+    if info is None or not info.get("smallest_label"):
+        return None, None
+    for name, r in recipes.items():
+        need = r.get("min_images_per_label")
+        if need is not None and info["smallest_label"] >= need:
+            return name, r
+    return None, None
+
+
+def _apply_recipe(text, name, recipe, path):
+    for old, new in recipe.get("replace", []):
+        if old not in text:
+            raise LayergraphError(f"recipe '{name}' of {path}: '{old}' not found in the "
+                                  f"template (the template changed; update its recipes.json)")
+        text = text.replace(old, new)
+    return text
+
+
+def new_from_template(template, dataset, out, force=False, max_iter=None, log=None,
+                      recipe="auto"):
     """Copy a template into ``out`` with its data sources pointed at
     ``dataset``; returns the files written.
 
@@ -54,6 +115,9 @@ def new_from_template(template, dataset, out, force=False, max_iter=None, log=No
     batches).  ``max_iter`` rescales the schedule (max_iter, stepvalue,
     stepsize, snapshot, test_interval) proportionally; without it the
     template's count is kept and ``log`` is told how many epochs it covers.
+    ``recipe``: 'auto' (a recipe of the template's recipes.json that the
+    dataset qualifies for), 'template' (none) or a recipe's name; ``log``
+    is told which one was applied.
     """
     import shutil
     src = os.path.join(TEMPLATE_DIR, template)
@@ -65,6 +129,17 @@ def new_from_template(template, dataset, out, force=False, max_iter=None, log=No
     if max_iter is not None and max_iter < 1:
         raise LayergraphError(f"--max-iter must be at least 1, got {max_iter}")
     info = _dataset_facts(dataset)
+    recipe_name, chosen = choose_recipe(template, info, recipe)
+    if chosen is not None:
+        if max_iter is None and chosen.get("max_iter"):
+            max_iter = int(chosen["max_iter"])
+        if log:
+            why = (f" (the smallest label of {dataset}.training has "
+                   f"{info['smallest_label']:,} images, at least "
+                   f"{chosen['min_images_per_label']:,})" if recipe == "auto" else "")
+            log(f"applied the template's '{recipe_name}' recipe{why}: "
+                f"{chosen.get('summary', 'see recipes.json')}; `new --recipe template` "
+                f"keeps the template as it is")
     os.makedirs(out, exist_ok=True)
     written = []
     batches = {}
@@ -73,14 +148,26 @@ def new_from_template(template, dataset, out, force=False, max_iter=None, log=No
         if not os.path.isfile(path) or name == "solver.prototxt":
             continue
         target = os.path.join(out, name)
-        if name.endswith(".prototxt") and dataset:
+        if name == "recipes.json":
+            continue
+        if name == "train_val.prototxt" and chosen is not None:
+            with open(path) as f:
+                text = _apply_recipe(f.read(), recipe_name, chosen, path)
+            if dataset:
+                text = _rewrite_net(text, dataset, info, batches)
+            text = (f"# `layergraph new` applied this template's '{recipe_name}' recipe "
+                    f"(recipes.json):\n# {chosen.get('summary', '')}\n# (the comments below "
+                    f"describe the template as it is)\n" + text)
+            with open(target, "w") as f:
+                f.write(text)
+        elif name.endswith(".prototxt") and dataset:
             with open(path) as f:
                 text = _rewrite_net(f.read(), dataset, info, batches)
             with open(target, "w") as f:
                 f.write(text)
         elif name == "README.md" and dataset:
             with open(path) as f:
-                text = _rewrite_readme(f.read(), template, dataset)
+                text = _rewrite_readme(f.read(), template, dataset, recipe_name, chosen)
             with open(target, "w") as f:
                 f.write(text)
         else:
@@ -110,9 +197,11 @@ def _dataset_facts(dataset):
         return None
     info = dataset_info(dataset)
     sources = info["sources"]
-    labels = sorted(int(k) for k in sources["training"]["label_counts"])
+    counts = sources["training"]["label_counts"]
+    labels = sorted(int(k) for k in counts)
     return {"labels": labels, "train": sources["training"]["count"],
-            "test": sources.get("testing", {}).get("count", 0)}
+            "test": sources.get("testing", {}).get("count", 0),
+            "smallest_label": min((int(v) for v in counts.values()), default=0)}
 
 
 def _rewrite_net(text, dataset, info, batches):
@@ -174,9 +263,13 @@ def _rewrite_solver(text, info, batches, max_iter):
     return text, note
 
 
-def _rewrite_readme(text, template, dataset):
+def _rewrite_readme(text, template, dataset, recipe_name=None, recipe=None):
     import re
     text = re.sub(r"\bMNIST\.(training|testing)\b", lambda m: f"{dataset}.{m.group(1)}", text)
     text = re.sub(r"--dataset MNIST\b", f"--dataset {dataset}", text)
+    applied = ""
+    if recipe is not None:
+        applied = (f"; its '{recipe_name}' recipe applied (recipes.json): "
+                   f"{recipe.get('summary', '')}")
     return (f"<!-- copied from model_templates/{template} by `layergraph new`, its data "
-            f"sources pointed at {dataset} -->\n" + text)
+            f"sources pointed at {dataset}{applied} -->\n" + text)
