@@ -125,7 +125,9 @@ def make_run(case, args, suffix="", iterations=None):
     template, dataset, edits, case_iterations, _, _ = CASES[case]
     iterations = iterations or case_iterations   # None: the template's schedule as is
     run_dir = os.path.join(args.runs, case + suffix)
-    new_from_template(template, dataset, run_dir, force=True, max_iter=iterations)
+    # recipe="template": the cases say their own settings (no large_dataset recipe)
+    new_from_template(template, dataset, run_dir, force=True, max_iter=iterations,
+                      recipe="template")
     model = os.path.join(run_dir, "train_val.prototxt")
     with open(model) as f:
         text = f.read()

@@ -68,7 +68,9 @@ def run(name, args):
     from layergraph.tools.templates import new_from_template
     template, edits = CONFIGS[name]
     run_dir = os.path.join(args.out, name)
-    new_from_template(template, args.dataset, run_dir, force=True, max_iter=args.iterations)
+    # recipe="template": each configuration says its own settings (no large_dataset recipe)
+    new_from_template(template, args.dataset, run_dir, force=True, max_iter=args.iterations,
+                      recipe="template")
     path = os.path.join(run_dir, "train_val.prototxt")
     with open(path) as f:
         text = f.read()

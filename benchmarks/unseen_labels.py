@@ -129,7 +129,9 @@ def train_and_evaluate(dataset, config, seed, seen_name, unseen_name, args):
     from layergraph.tools.templates import new_from_template
     template, edits = CONFIGS[config]
     run_dir = os.path.join(args.runs, f"{dataset}_{config}_s{seed}")
-    new_from_template(template, seen_name, run_dir, force=True, max_iter=args.iterations)
+    # recipe="template": each configuration says its own settings (no large_dataset recipe)
+    new_from_template(template, seen_name, run_dir, force=True, max_iter=args.iterations,
+                      recipe="template")
     model = os.path.join(run_dir, "train_val.prototxt")
     with open(model) as f:
         text = f.read()
