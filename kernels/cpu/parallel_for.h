@@ -15,9 +15,13 @@ namespace {
 // every size by value: inside an OpenMP region the compiler sees shared
 // variables through a pointer and, fearing aliasing, reloads them on every
 // access -- which cost the 2x2 pooling loop a factor 2.5.
+//
+// ``min_items``: run on the calling thread alone when n is under twice it.
+// Waking the idle (passive) OpenMP threads costs tens of microseconds, more
+// than a small loop takes: a bias's update, say.
 template <typename Body>
-void parallel_for(i64 n, const Body& body) {
-#pragma omp parallel
+void parallel_for(i64 n, const Body& body, i64 min_items = 1) {
+#pragma omp parallel if (n >= 2 * min_items)
   {
 #ifdef _OPENMP
     const i64 t = omp_get_thread_num(), nt = omp_get_num_threads();

@@ -67,6 +67,10 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
 
 }  // namespace
 
+// Values per thread below which an update runs on one thread (see
+// parallel_for's min_items): biases and small layers are not worth a wake-up.
+#define LG_UPDATE_MIN_ITEMS 32768
+
 // Arguments after the scalars of regularisation: the rule's, in the order
 // Solver._rule gives them (the GPU kernels' order too).
 #define LG_SOLVER_OPS(T, SUFFIX)                                                              \
@@ -74,7 +78,7 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
                                          int reg, T decay, T lr, T momentum) {                \
     parallel_for(n, [=](i64 b, i64 e) {                                                       \
       sgd_items<T>(w, diff, h, b, e, iter_scale, scale, reg, decay, lr, momentum);            \
-    });                                                                                       \
+    }, LG_UPDATE_MIN_ITEMS);                                                                  \
   }                                                                                           \
   extern "C" void lg_adam_update_##SUFFIX(T* w, T* diff, T* h, T* h2, i64 n, T iter_scale,    \
                                           int scale, int reg, T decay, T lr_c, T b1, T c1,    \
@@ -82,7 +86,7 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
     parallel_for(n, [=](i64 b, i64 e) {                                                       \
       adam_items<T>(w, diff, h, h2, b, e, iter_scale, scale, reg, decay, lr_c, b1, c1, b2,    \
                     c2, delta);                                                               \
-    });                                                                                       \
+    }, LG_UPDATE_MIN_ITEMS);                                                                  \
   }
 
 LG_SOLVER_OPS(float, f32)
