@@ -417,6 +417,10 @@ DATA_SPECS = {
                      max_rotation: 10 min_scale: 0.9 max_scale: 1.1 max_shift: 2 }}
                    data_param {{ source: "MNIST.training" batch_size: {b} backend: IMAGEDB
                                 enable_random_selection: true prefetch: 0 }}""",
+    "elastic": """transform_param {{ scale: 0.00390625 max_shift: 1
+                   elastic_alpha: 8 elastic_sigma: 3 }}
+                 data_param {{ source: "MNIST.training" batch_size: {b} backend: IMAGEDB
+                              enable_random_selection: true prefetch: 0 }}""",
     "pairs": """transform_param {{ scale: 0.00390625 }}
                data_param {{ source: "MNIST.training" batch_size: {b} backend: IMAGEDB
                             enable_random_selection: true images_per_blob: 2
