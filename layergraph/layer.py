@@ -123,6 +123,14 @@ class Layer:
     #: inactive items' products (layergraph.cpu_kernels.skip_inactive).
     tracks_active_items = False
 
+    def forget_untracked_hints(self, propagate_down, bottom):
+        """After this layer's backward: clear ``active`` on the bottoms it
+        wrote unless it tracks it (the Net and its batched chains call it)."""
+        if not self.tracks_active_items:
+            for need, blob in zip(propagate_down, bottom):
+                if need:
+                    blob.active = None
+
     def __init__(self, param, phase=0, seed=0, dtype=DEFAULT_DTYPE, xp=np, backend=None):
         from .backend import CPU, get_backend
         self.param = param

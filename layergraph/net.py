@@ -601,10 +601,7 @@ class Net:
             else:
                 with clock(i):
                     layer.backward(top, need, bottom)
-            if not layer.tracks_active_items:
-                for j, b in enumerate(bottom):
-                    if need[j]:
-                        b.active = None
+            layer.forget_untracked_hints(need, bottom)
 
     def transform(self, images):
         """Raw images as the train_val's data layer fed them in training:

@@ -152,8 +152,7 @@ class BranchChain:
                 else:
                     with clock(lead):
                         layer.backward([self.tops[s]], need, [self.bottoms[s]])
-                if not layer.tracks_active_items and need[0]:
-                    self.bottoms[s].active = None  # see Net.backward
+                layer.forget_untracked_hints(need, [self.bottoms[s]])  # see Net.backward
 
     @property
     def layer_indices(self):

@@ -191,6 +191,16 @@ def test_layers_report_their_path():
     assert not layer.cpu_loops
 
 
+def _losses(solver, steps):
+    """The loss of each of ``steps`` solver iterations; closes the solver."""
+    losses = []
+    solver.add_callback(type("Record", (), {
+        "on_iteration": lambda self, s, record: losses.append(record["loss"])})())
+    solver.step(steps)
+    solver.close()
+    return np.array(losses)
+
+
 @pytest.mark.parametrize("template", ["TripletNet_28x28", "Siamese_28x28"])
 def test_templates_train_alike_on_both_paths(template, db, tmp_path):
     """The seed tutorial's numbers do not move with the path: the same seed
@@ -203,12 +213,7 @@ def test_templates_train_alike_on_both_paths(template, db, tmp_path):
         with cpu_kernels.disabled() if not loops else _nothing():
             solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None)
         assert any(getattr(layer, "cpu_loops", False) for layer in solver.net.layers) == loops
-        losses = []
-        solver.add_callback(type("Record", (), {
-            "on_iteration": lambda self, s, record: losses.append(record["loss"])})())
-        solver.step(8)
-        solver.close()
-        curves.append(np.array(losses))
+        curves.append(_losses(solver, 8))
     assert len(curves[0]) == 8 and curves[0].std() > 0
     np.testing.assert_allclose(curves[1], curves[0], rtol=2e-4, atol=1e-6)
 
@@ -449,12 +454,7 @@ def test_skipping_keeps_the_template_losses(db, tmp_path, monkeypatch):
     for skip_below in (cpu_kernels.SKIP_BELOW, 0.0):
         monkeypatch.setattr(cpu_kernels, "SKIP_BELOW", skip_below)
         solver = Solver(str(tmp_path / "run" / "solver.prototxt"), log=lambda *a: None)
-        losses = []
-        solver.add_callback(type("Record", (), {
-            "on_iteration": lambda self, s, record: losses.append(record["loss"])})())
-        solver.step(12)
-        solver.close()
-        curves.append(np.array(losses))
+        curves.append(_losses(solver, 12))
     assert sum(s is not None for s in seen) >= 10    # layers skipped, step after step
     np.testing.assert_allclose(curves[0], curves[1], rtol=2e-4, atol=1e-6)
 

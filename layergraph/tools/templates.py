@@ -145,24 +145,20 @@ def new_from_template(template, dataset, out, force=False, max_iter=None, log=No
     batches = {}
     for name in sorted(os.listdir(src)):
         path = os.path.join(src, name)
-        if not os.path.isfile(path) or name == "solver.prototxt":
+        if not os.path.isfile(path) or name in ("solver.prototxt", "recipes.json"):
             continue
         target = os.path.join(out, name)
-        if name == "recipes.json":
-            continue
-        if name == "train_val.prototxt" and chosen is not None:
+        recipe_here = chosen is not None and name == "train_val.prototxt"
+        if name.endswith(".prototxt") and (dataset or recipe_here):
             with open(path) as f:
-                text = _apply_recipe(f.read(), recipe_name, chosen, path)
+                text = f.read()
+            if recipe_here:
+                text = (f"# `layergraph new` applied this template's '{recipe_name}' recipe "
+                        f"(recipes.json):\n# {chosen.get('summary', '')}\n# (the comments "
+                        f"below describe the template as it is)\n"
+                        + _apply_recipe(text, recipe_name, chosen, path))
             if dataset:
                 text = _rewrite_net(text, dataset, info, batches)
-            text = (f"# `layergraph new` applied this template's '{recipe_name}' recipe "
-                    f"(recipes.json):\n# {chosen.get('summary', '')}\n# (the comments below "
-                    f"describe the template as it is)\n" + text)
-            with open(target, "w") as f:
-                f.write(text)
-        elif name.endswith(".prototxt") and dataset:
-            with open(path) as f:
-                text = _rewrite_net(f.read(), dataset, info, batches)
             with open(target, "w") as f:
                 f.write(text)
         elif name == "README.md" and dataset:
