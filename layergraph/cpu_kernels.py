@@ -37,7 +37,7 @@ _lock = threading.Lock()
 _library = None
 _error = None
 SOURCE = os.path.join("cpu", "window_ops.cpp")
-SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp")]
+SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp"), os.path.join("cpu", "layer_parts.cpp")]
 HEADERS = [os.path.join("cpu", "parallel_for.h")]   # in the cache key, not compiled alone
 #: -ffp-contract=off: no fused multiply-adds, so the solver updates round as
 #: the NumPy path's separate float32 operations do (bit for bit);
@@ -117,6 +117,15 @@ def _build():
     lib.lg_direct_conv_available.argtypes, lib.lg_direct_conv_available.restype = [], _INT
     lib.lg_direct_conv_dw_f32.argtypes = [_PTR, _PTR, _PTR, _I64] + [_INT] * 8 + [_PTR] * 4
     lib.lg_direct_conv_dw_f32.restype = None
+    lib.lg_set_sgemm.argtypes, lib.lg_set_sgemm.restype = [_PTR, _INT], None
+    lib.lg_has_sgemm.argtypes, lib.lg_has_sgemm.restype = [], _INT
+    lib.lg_conv_forward_parts_f32.argtypes = [_PTR] * 4 + [_INT, _PTR, _PTR, _INT] + [_PTR] * 4
+    lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 6 + [_INT]
+                                               + [_PTR] * 5 + [_I64, _PTR, _PTR])
+    lib.lg_ip_forward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 3
+    lib.lg_ip_backward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 8
+    for name in ("conv_forward", "conv_backward", "ip_forward", "ip_backward"):
+        getattr(lib, f"lg_{name}_parts_f32").restype = None
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
     lib.lg_set_threads(_threads())
@@ -444,3 +453,163 @@ def run_parts(body, parts):
                     raise error
         finally:
             lib.lg_set_threads(omp)
+
+
+# ------------------------------------------- a layer's pass in one call ----
+# run_parts hands each part to a Python thread: tens of microseconds per
+# hand-off, and each part takes the GIL again after every NumPy or ctypes
+# call it makes, waiting while the other part runs its own Python.  For the
+# layers that split the most (Convolution, InnerProduct) the whole split
+# pass is also written in C++ (kernels/cpu/layer_parts.cpp): one call, the
+# parts on OpenMP threads, the matrix products through the sgemm of the
+# BLAS NumPy uses (at one thread), bit for bit the run_parts path.
+
+_sgemm = None   # (address, ilp64) once looked up; False: none usable
+
+
+def _find_sgemm():
+    """(address, ilp64) of the CBLAS sgemm of the BLAS NumPy calls, or None.
+    Looked up through threadpoolctl's list of loaded BLAS libraries: the
+    scipy-openblas wheels' ``scipy_cblas_sgemm64_`` (64-bit integers),
+    else a plain ``cblas_sgemm`` (32-bit integers) of a BLAS that is not
+    built for 64-bit ones."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    np.dot(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))  # BLAS loaded
+    for info in threadpool_info():
+        if info.get("user_api") != "blas" or not info.get("filepath"):
+            continue
+        try:
+            blas = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        prefix = "scipy_" if "scipy_openblas" in (info.get("prefix") or "") else ""
+        for name, ilp64 in ((f"{prefix}cblas_sgemm64_", 1), ("cblas_sgemm64_", 1),
+                            (f"{prefix}cblas_sgemm", 0), ("cblas_sgemm", 0)):
+            fn = getattr(blas, name, None)
+            if fn is None:
+                continue
+            if not ilp64 and info.get("internal_api") == "openblas":
+                config = getattr(blas, f"{prefix}openblas_get_config", None)
+                if config is None:
+                    continue
+                config.restype = ctypes.c_char_p
+                if b"USE64BITINT" in (config() or b""):
+                    continue
+            return ctypes.cast(fn, ctypes.c_void_p).value, ilp64
+    return None
+
+
+def _sgemm_ready():
+    """Whether layer_parts.cpp has a checked sgemm to call."""
+    global _sgemm
+    if _sgemm is None:
+        with _lock:
+            if _sgemm is None:
+                lib, found = library(), None
+                try:
+                    found = _find_sgemm() if lib is not None else None
+                except Exception:  # an unknown BLAS layout: keep the Python path
+                    found = None
+                _sgemm = False
+                if found:
+                    lib.lg_set_sgemm(*found)
+                    _sgemm = _check_sgemm()
+                    if not _sgemm:
+                        lib.lg_set_sgemm(None, 0)
+    return _sgemm
+
+
+def _check_sgemm():
+    """One small product through layer_parts.cpp against NumPy's: a wrong
+    guess of the BLAS's integer width shows here, not in a layer."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 7)).astype(np.float32)
+    y = np.zeros((5, 3), np.float32)
+    bounds = np.array([0, 3], np.int64)
+    library().lg_ip_forward_parts_f32(x.ctypes.data, w.ctypes.data, None, 5, 7, 3, 1,
+                                      bounds[:1].ctypes.data, bounds[1:].ctypes.data,
+                                      y.ctypes.data)
+    return bool(np.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5))
+
+
+def native_parts(dtype):
+    """Whether a layer's split pass runs as one call (layer_parts.cpp):
+    float32, the compiled loops and a usable sgemm present, and not
+    turned off with ``LAYERGRAPH_NATIVE_PARTS=0`` (then run_parts)."""
+    if os.environ.get("LAYERGRAPH_NATIVE_PARTS", "1").strip() in ("0", "off", "no"):
+        return False
+    return np.dtype(dtype) == np.float32 and available(dtype) and bool(_sgemm_ready())
+
+
+def addresses(arrays):
+    """The arrays' data addresses (0 for None) as a uintp array, to pass
+    per-part buffers to layer_parts.cpp."""
+    for a in arrays:
+        if a is not None and not a.flags.c_contiguous:
+            raise ValueError("layer_parts: a part's buffer is not C-contiguous")
+    return np.array([0 if a is None else a.ctypes.data for a in arrays], dtype=np.uintp)
+
+
+def _ptr(a):
+    return None if a is None else a.ctypes.data
+
+
+def _contiguous(*arrays):
+    for a in arrays:
+        if a is not None and (not a.flags.c_contiguous or a.dtype != np.float32):
+            raise ValueError("layer_parts: arrays must be C-contiguous float32")
+
+
+def conv_forward_parts(x, geometry, weight, bias, first, count, direct, wide, col, out, y):
+    """Convolution forward over the parts (lg_conv_forward_parts_f32):
+    ``geometry`` int32 (c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo,
+    out_ch, group); ``first``/``count`` int64 per part; ``wide``, ``col``,
+    ``out`` the parts' buffers as :func:`addresses`."""
+    _contiguous(x, weight, bias, y)
+    with one_blas_thread():
+        library().lg_conv_forward_parts_f32(
+            x.ctypes.data, geometry.ctypes.data, weight.ctypes.data, _ptr(bias), len(first),
+            first.ctypes.data, count.ctypes.data, int(direct), wide.ctypes.data,
+            col.ctypes.data, out.ctypes.data, y.ctypes.data)
+
+
+def conv_backward_parts(x, dy, dx, geometry, weight, first, count, index, xa, dya, dxa,
+                        recompute, col, rows, dw_t, dbias, dcol, dcol_images, w_diff, b_diff):
+    """Convolution backward over the parts (lg_conv_backward_parts_f32);
+    per-part buffers as :func:`addresses` (``index``, ``xa``, ``dya``,
+    ``dxa`` None when no part gathers)."""
+    _contiguous(x, dy, dx, weight, w_diff, b_diff)
+    with one_blas_thread():
+        library().lg_conv_backward_parts_f32(
+            x.ctypes.data, dy.ctypes.data, _ptr(dx), geometry.ctypes.data, weight.ctypes.data,
+            len(first), first.ctypes.data, count.ctypes.data, _ptr(index), _ptr(xa), _ptr(dya),
+            _ptr(dxa), int(recompute), col.ctypes.data, rows.ctypes.data, dw_t.ctypes.data,
+            dbias.ctypes.data, dcol.ctypes.data, int(dcol_images), w_diff.ctypes.data,
+            _ptr(b_diff))
+
+
+def ip_forward_parts(x, w, bias, out_lo, out_hi, y):
+    """InnerProduct forward, y = x w^T + b, by parts of the output units
+    (lg_ip_forward_parts_f32)."""
+    _contiguous(x, w, bias, y)
+    (m, k), o = x.shape, w.shape[0]
+    with one_blas_thread():
+        library().lg_ip_forward_parts_f32(x.ctypes.data, w.ctypes.data, _ptr(bias), m, k, o,
+                                          len(out_lo), out_lo.ctypes.data, out_hi.ctypes.data,
+                                          y.ctypes.data)
+
+
+def ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw_buf, w_diff, b_diff, dx):
+    """InnerProduct backward by parts (lg_ip_backward_parts_f32): rows
+    out_lo..out_hi of dw (and db), rows row_lo..row_hi of dx (None: no dx)."""
+    _contiguous(dy, x, w, dw_buf, w_diff, b_diff, dx)
+    (m, k), o = x.shape, w.shape[0]
+    with one_blas_thread():
+        library().lg_ip_backward_parts_f32(
+            dy.ctypes.data, x.ctypes.data, w.ctypes.data, m, k, o, len(out_lo),
+            out_lo.ctypes.data, out_hi.ctypes.data, row_lo.ctypes.data, row_hi.ctypes.data,
+            dw_buf.ctypes.data, w_diff.ctypes.data, _ptr(b_diff), _ptr(dx))

@@ -560,3 +560,90 @@ def test_convolution_backward_in_chunks_of_images(threads, monkeypatch):
     for ref, new in zip(*results):
         for a, b in zip(ref, new):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------- a layer's pass in one call ----
+def _pass_both_ways(spec, x, diffs, propagate, threads, monkeypatch, split_work=None):
+    """(top, bottom diff, param diffs) of forward + backward per top gradient
+    in ``diffs``, with the split pass in one call (layer_parts.cpp) and on
+    the Python thread pool (LAYERGRAPH_NATIVE_PARTS=0)."""
+    from layergraph.testing import make_layer, setup_layer
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    if split_work is not None:
+        monkeypatch.setattr("layergraph.layers.inner_product.SPLIT_WORK", split_work)
+    results = []
+    for native in ("1", "0"):
+        monkeypatch.setenv("LAYERGRAPH_NATIVE_PARTS", native)
+        layer = make_layer(spec, dtype=np.float32, seed=3)
+        bottom, top = setup_layer(layer, [x])
+        got = []
+        for dy in diffs:
+            layer.forward(bottom, top)
+            top[0].diff[...] = dy
+            bottom[0].diff[...] = np.nan
+            top[0].active = None
+            layer.backward(top, [propagate], bottom)   # param diffs accumulate
+            got.append([top[0].data.copy()] + ([bottom[0].diff.copy()] if propagate else [])
+                       + [b.diff.copy() for b in layer.blobs])
+        results.append(got)
+    return results
+
+
+@pytest.mark.skipif(not cpu_kernels.native_parts(np.float32), reason="no sgemm found")
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+@pytest.mark.parametrize("propagate", [True, False])
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 5 kernel_size: 3 pad: 1", (7, 3, 6, 6)),          # unequal parts
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2", (6, 6, 7, 7)),
+    ("num_output: 3 kernel_size: 2 bias_term: false", (6, 2, 5, 5)),
+    ("num_output: 8 kernel_size: 5", (6, 1, 12, 12)),               # direct where it can
+    ("num_output: 4 kernel_size: 3 dilation: 2", (5, 2, 9, 9)),
+])
+def test_convolution_native_parts_match_the_thread_pool(param, shape, propagate, threads,
+                                                        monkeypatch):
+    """The split pass as one call gives the thread pool's bits: every
+    image, some images active (gathered), none active; the parts' weight
+    and bias gradients added into the diffs in the same order."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(shape).astype(np.float32)
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv(param), dtype=np.float32)
+    _, top = setup_layer(layer, [x])
+    assert layer._native
+    n = shape[0]
+    diffs = [rng.standard_normal(top[0].shape).astype(np.float32),
+             _sparse_diffs(top[0].shape, [1, n - 1], rng),
+             _sparse_diffs(top[0].shape, [], rng)]
+    native, pool = _pass_both_ways(_conv(param), x, diffs, propagate, threads, monkeypatch)
+    for a, b in zip(native, pool):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.skipif(not cpu_kernels.native_parts(np.float32), reason="no sgemm found")
+@pytest.mark.parametrize("threads", ["2", "3"])
+@pytest.mark.parametrize("propagate", [True, False])
+@pytest.mark.parametrize("bias", ["true", "false"])
+def test_inner_product_native_parts_match_the_thread_pool(threads, propagate, bias,
+                                                          monkeypatch):
+    spec = ('type: "InnerProduct" inner_product_param { num_output: 11 bias_term: %s '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" } }'
+            % bias)
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((9, 2, 5)).astype(np.float32)
+    diffs = [rng.standard_normal((9, 11)).astype(np.float32),
+             _sparse_diffs((9, 11), [0, 4, 8], rng)]
+    native, pool = _pass_both_ways(spec, x, diffs, propagate, threads, monkeypatch,
+                                   split_work=1)
+    for a, b in zip(native, pool):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_native_parts_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("LAYERGRAPH_NATIVE_PARTS", "0")
+    assert not cpu_kernels.native_parts(np.float32)
+    monkeypatch.setenv("LAYERGRAPH_NATIVE_PARTS", "1")
+    assert not cpu_kernels.native_parts(np.float64)      # float32 only
+    if cpu_kernels._sgemm_ready():
+        assert cpu_kernels.native_parts(np.float32)

@@ -204,6 +204,11 @@ class Convolution(Layer):
                     p.columns(o, dt)
                 self._parts.append(p)
             self._gathered = None   # backward of the active images only
+            # the whole split pass in one call (cpu_kernels.native_parts)
+            self._native = cpu_kernels.native_parts(dt)
+            self._native_geometry = np.array(
+                (c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo, o, g), dtype=np.int32)
+            self._native_forward = None   # its per-part arrays, made on first use
             # dcol -> col2im in chunks of about 1 MB of columns: written and
             # read back from the core's cache, not memory, and 1 MB of
             # buffer per part instead of all the columns (conv2 of the
@@ -270,6 +275,20 @@ class Convolution(Layer):
         weight = self.blobs[0].data
         bias = self.blobs[1].data if self.bias_term else None
         plane = self.out_size[0] * self.out_size[1]
+
+        if self._native:
+            if self._native_forward is None:
+                parts = self._parts
+                self._native_forward = (
+                    np.array([p.lo for p in parts], np.int64),
+                    np.array([p.hi - p.lo for p in parts], np.int64),
+                    cpu_kernels.addresses([p.wide for p in parts]),
+                    cpu_kernels.addresses([p.col for p in parts]),
+                    cpu_kernels.addresses([p.out for p in parts]))
+            first, count, wide, col, out = self._native_forward
+            cpu_kernels.conv_forward_parts(x, self._native_geometry, weight, bias, first, count,
+                                           self._direct, wide, col, out, y)
+            return
 
         def part(i):
             p = self._parts[i]
@@ -391,14 +410,19 @@ class Convolution(Layer):
                 return
             jobs = self._active_jobs(x, dy, dx if propagate else None, active)
         split = len(jobs) > 1
-        if self.bias_term and split:
+        if self.bias_term and (split or self._native):   # (the native call zeroes them)
             for p, *_ in jobs:
                 if p.dbias is None:
                     p.dbias = xp.empty(o, dtype=dt)
-                p.dbias.fill(0)
+                if not self._native:
+                    p.dbias.fill(0)
         for p, *_ in jobs:
             if propagate and p.dcol is None:
                 p.dcol = xp.empty_like(p.col if g > 1 else p.col[:, :self._dcol_images * plane])
+
+        if self._native:
+            self._native_backward(x, dy, dx if propagate else None, jobs)
+            return
 
         def part(i):
             p, window, col, rows, dy_part, dx_part, gather = jobs[i]
@@ -440,6 +464,32 @@ class Convolution(Layer):
             dw += p.dw_t.transpose(0, 2, 1)
             if self.bias_term and split:
                 b_diff += p.dbias
+
+    def _native_backward(self, x, dy, dx, jobs):
+        """The backward ``jobs`` (see _backward_cpu_loops) as one call
+        (cpu_kernels.conv_backward_parts): it also scatters gathered dx
+        rows and adds the parts' dw and db into the parameter diffs."""
+        gathers = [job[6] is not None and job[6][0] is not None for job in jobs]
+        recompute = jobs[0][6] is not None
+        first = np.array([0 if g else job[0].lo for g, job in zip(gathers, jobs)], np.int64)
+        count = np.array([job[1][0] for job in jobs], np.int64)
+        if any(gathers):
+            index = cpu_kernels.addresses([np.ascontiguousarray(job[6][0], np.int64)
+                                           if g else None for g, job in zip(gathers, jobs)])
+            xa = cpu_kernels.addresses([job[6][1] for job in jobs])
+            dya = cpu_kernels.addresses([job[4] for job in jobs])
+            dxa = cpu_kernels.addresses([job[5] for job in jobs]) if dx is not None else None
+        else:
+            index = xa = dya = dxa = None
+        addresses = cpu_kernels.addresses
+        bias = self.blobs[1].diff if self.bias_term else None
+        cpu_kernels.conv_backward_parts(
+            x, dy, dx, self._native_geometry, self.blobs[0].data, first, count, index, xa, dya,
+            dxa, recompute, addresses([job[2] for job in jobs]),
+            addresses([job[3] for job in jobs]), addresses([job[0].dw_t for job in jobs]),
+            addresses([job[0].dbias for job in jobs]),
+            addresses([job[0].dcol for job in jobs]), self._dcol_images,
+            self.blobs[0].diff, bias)
 
     def _backward_direct(self, x, dy, active):
         """The weight and bias gradients of a direct convolution with no

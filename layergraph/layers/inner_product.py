@@ -94,6 +94,11 @@ class InnerProduct(Layer):
         w = self.blobs[0].data
         y = top[0].data.reshape(self.rows, self.num_output)
         if self._parts is not None and x.flags.c_contiguous and y.flags.c_contiguous:
+            if cpu_kernels.native_parts(self.dtype):   # the parts in one call
+                lo, hi = self._bounds(self._out_parts)
+                cpu_kernels.ip_forward_parts(x, w, self.blobs[1].data if self.bias_term else None,
+                                             lo, hi, y)
+                return
             # by output columns, so each part reads its rows of w only (by
             # batch rows both parts read all of w: ip1 of the templates on
             # 128 rows, 2 threads: 1.03 -> 0.91 ms)
@@ -187,6 +192,14 @@ class InnerProduct(Layer):
         b_diff = self.blobs[1].diff if self.bias_term else None
         dx2 = dx.reshape(len(x), -1) if propagate and dx.flags.c_contiguous else None
 
+        if cpu_kernels.native_parts(self.dtype) and (dx2 is not None or not propagate):
+            n = max(len(parts), len(self._out_parts))   # the parts in one call
+            out_lo, out_hi = self._bounds(self._out_parts, n)
+            row_lo, row_hi = self._bounds(parts, n)
+            cpu_kernels.ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw, w_diff,
+                                          b_diff, dx2)
+            return
+
         def part(i):
             a, b = self._out_parts[i] if i < len(self._out_parts) else (0, 0)
             if b > a:
@@ -200,6 +213,14 @@ class InnerProduct(Layer):
         cpu_kernels.run_parts(part, max(len(parts), len(self._out_parts)))
         if propagate and dx2 is None:  # a strided view: reshape would copy
             dx[...] = np.dot(dy, w).reshape(dx.shape)
+
+    @staticmethod
+    def _bounds(parts, n=None):
+        """(begins, ends) of ``parts`` as int64 arrays, padded with empty
+        parts to ``n``."""
+        parts = list(parts) + [(0, 0)] * ((n or len(parts)) - len(parts))
+        bounds = np.array(parts, dtype=np.int64).reshape(-1, 2)
+        return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
 
     def _backward_gemms(self, dy, x, propagate, dx):
         """The kernel path's backward: every product accumulates or writes in
