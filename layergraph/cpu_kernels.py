@@ -119,12 +119,15 @@ def _build():
     lib.lg_direct_conv_dw_f32.restype = None
     lib.lg_set_sgemm.argtypes, lib.lg_set_sgemm.restype = [_PTR, _INT], None
     lib.lg_has_sgemm.argtypes, lib.lg_has_sgemm.restype = [], _INT
-    lib.lg_conv_forward_parts_f32.argtypes = [_PTR] * 4 + [_INT, _PTR, _PTR, _INT] + [_PTR] * 4
+    lib.lg_conv_forward_parts_f32.argtypes = ([_PTR] * 4 + [_INT, _PTR, _PTR, _INT] + [_PTR] * 3
+                                              + [_I64, _PTR])
     lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 6 + [_INT]
-                                               + [_PTR] * 5 + [_I64, _PTR, _PTR])
+                                               + [_PTR] * 5 + [_I64, _I64, _PTR, _PTR])
     lib.lg_ip_forward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 3
     lib.lg_ip_backward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 8
-    for name in ("conv_forward", "conv_backward", "ip_forward", "ip_backward"):
+    lib.lg_direct_conv_dw_parts_f32.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 10
+    for name in ("conv_forward", "conv_backward", "ip_forward", "ip_backward",
+                 "direct_conv_dw"):
         getattr(lib, f"lg_{name}_parts_f32").restype = None
     lib.lg_set_threads.argtypes, lib.lg_set_threads.restype = [_INT], None
     lib.lg_get_threads.argtypes, lib.lg_get_threads.restype = [], _INT
@@ -564,7 +567,8 @@ def _contiguous(*arrays):
             raise ValueError("layer_parts: arrays must be C-contiguous float32")
 
 
-def conv_forward_parts(x, geometry, weight, bias, first, count, direct, wide, col, out, y):
+def conv_forward_parts(x, geometry, weight, bias, first, count, direct, wide, col, out, chunk,
+                       y):
     """Convolution forward over the parts (lg_conv_forward_parts_f32):
     ``geometry`` int32 (c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo,
     out_ch, group); ``first``/``count`` int64 per part; ``wide``, ``col``,
@@ -574,11 +578,12 @@ def conv_forward_parts(x, geometry, weight, bias, first, count, direct, wide, co
         library().lg_conv_forward_parts_f32(
             x.ctypes.data, geometry.ctypes.data, weight.ctypes.data, _ptr(bias), len(first),
             first.ctypes.data, count.ctypes.data, int(direct), wide.ctypes.data,
-            col.ctypes.data, out.ctypes.data, y.ctypes.data)
+            col.ctypes.data, out.ctypes.data, int(chunk), y.ctypes.data)
 
 
 def conv_backward_parts(x, dy, dx, geometry, weight, first, count, index, xa, dya, dxa,
-                        recompute, col, rows, dw_t, dbias, dcol, dcol_images, w_diff, b_diff):
+                        recompute, col, rows, dw_t, dbias, dcol, dcol_images, chunk, w_diff,
+                        b_diff):
     """Convolution backward over the parts (lg_conv_backward_parts_f32);
     per-part buffers as :func:`addresses` (``index``, ``xa``, ``dya``,
     ``dxa`` None when no part gathers)."""
@@ -588,7 +593,7 @@ def conv_backward_parts(x, dy, dx, geometry, weight, first, count, index, xa, dy
             x.ctypes.data, dy.ctypes.data, _ptr(dx), geometry.ctypes.data, weight.ctypes.data,
             len(first), first.ctypes.data, count.ctypes.data, _ptr(index), _ptr(xa), _ptr(dya),
             _ptr(dxa), int(recompute), col.ctypes.data, rows.ctypes.data, dw_t.ctypes.data,
-            dbias.ctypes.data, dcol.ctypes.data, int(dcol_images), w_diff.ctypes.data,
+            dbias.ctypes.data, dcol.ctypes.data, int(dcol_images), int(chunk), w_diff.ctypes.data,
             _ptr(b_diff))
 
 
@@ -613,3 +618,22 @@ def ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw_buf, w_diff, 
             dy.ctypes.data, x.ctypes.data, w.ctypes.data, m, k, o, len(out_lo),
             out_lo.ctypes.data, out_hi.ctypes.data, row_lo.ctypes.data, row_hi.ctypes.data,
             dw_buf.ctypes.data, w_diff.ctypes.data, _ptr(b_diff), _ptr(dx))
+
+
+def direct_conv_dw_parts(x, dy, first, count, index, gradients, w_diff, b_diff):
+    """The weight and bias gradients of a direct convolution over the parts
+    (lg_direct_conv_dw_parts_f32): one :class:`DirectConvGradient` per part
+    (its scratch), w_diff (O, C*kh*kw) and b_diff (or None) added into."""
+    _contiguous(x, dy, w_diff, b_diff)
+    g = gradients[0]
+    geometry = np.array(g.geometry[:3] + (g.geometry[4], g.geometry[5], 0, 0, 1, 1, 1, 1)
+                        + g.geometry[6:] + (g.geometry[3], 1), dtype=np.int32)
+    # (the address arrays are held here: a temporary's memory would be
+    # freed before the call reads it)
+    dyw, masks, acc, dbias = (addresses([getattr(d, name) for d in gradients])
+                              for name in ("dyw", "masks", "acc", "dbias"))
+    with one_blas_thread():
+        library().lg_direct_conv_dw_parts_f32(
+            x.ctypes.data, dy.ctypes.data, len(first), first.ctypes.data, count.ctypes.data,
+            _ptr(index), geometry.ctypes.data, dyw.ctypes.data, masks.ctypes.data,
+            acc.ctypes.data, dbias.ctypes.data, w_diff.ctypes.data, _ptr(b_diff))

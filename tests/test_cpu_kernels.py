@@ -647,3 +647,29 @@ def test_native_parts_follow_the_environment(monkeypatch):
     assert not cpu_kernels.native_parts(np.float64)      # float32 only
     if cpu_kernels._sgemm_ready():
         assert cpu_kernels.native_parts(np.float32)
+
+
+@pytest.mark.skipif(not cpu_kernels.native_parts(np.float32), reason="no sgemm found")
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 5 kernel_size: 3 pad: 1", (7, 3, 6, 6)),
+    ("num_output: 6 kernel_size: 3 group: 3 pad: 1 stride: 2", (6, 6, 7, 7)),
+])
+def test_convolution_columns_in_chunks_match_numpy(param, shape, threads, monkeypatch):
+    """The one-call pass makes its columns a few images at a time
+    (COLUMN_CHUNK_BYTES) and again in backward: the NumPy path's results,
+    for every image and for the active ones only."""
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", threads)
+    monkeypatch.setattr("layergraph.layers.convolution.COLUMN_CHUNK_BYTES", 1)  # 1 image
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv(param), dtype=np.float32)
+    _, top = setup_layer(layer, [np.zeros(shape, np.float32)])
+    assert layer._chunk == 1
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal(shape)
+    for diffs in ([rng.standard_normal(top[0].shape)],
+                  [_sparse_diffs(top[0].shape, [0, 2, shape[0] - 1], rng)]):
+        for propagate in ([True], [False]):
+            compare_backends(_conv(param), [x], backend="cpu", reference="numpy",
+                             iterations=2, top_diffs=diffs, propagate=propagate,
+                             rtol=1e-5, atol=1e-6)

@@ -47,17 +47,19 @@ typedef void (*Sgemm32)(int, int, int, int32_t, int32_t, int32_t, float, const f
 void* g_sgemm = nullptr;
 int g_ilp64 = 0;
 
-// c (m x n, row stride ldc) = op(a) op(b), op = transpose when t*
+// c (m x n, row stride ldc) = op(a) op(b) (+ c when accumulate), op =
+// transpose when t*
 inline void gemm(bool ta, bool tb, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b,
-                 i64 ldb, float* c, i64 ldc) {
+                 i64 ldb, float* c, i64 ldc, bool accumulate = false) {
   const int row_major = 101, no = 111, yes = 112;
+  const float beta = accumulate ? 1.f : 0.f;
   if (g_ilp64)
     reinterpret_cast<Sgemm64>(g_sgemm)(row_major, ta ? yes : no, tb ? yes : no, m, n, k, 1.f, a,
-                                       lda, b, ldb, 0.f, c, ldc);
+                                       lda, b, ldb, beta, c, ldc);
   else
     reinterpret_cast<Sgemm32>(g_sgemm)(row_major, ta ? yes : no, tb ? yes : no, (int32_t)m,
                                        (int32_t)n, (int32_t)k, 1.f, a, (int32_t)lda, b,
-                                       (int32_t)ldb, 0.f, c, (int32_t)ldc);
+                                       (int32_t)ldb, beta, c, (int32_t)ldc);
 }
 
 // The window geometry as the layer passes it: c, h, w, kh, kw, ph, pw, sh,
@@ -110,7 +112,8 @@ extern "C" int lg_has_sgemm() { return g_sgemm != nullptr; }
 extern "C" void lg_conv_forward_parts_f32(const float* x, const int* geometry, const float* weight,
                                           const float* bias, int parts, const i64* first,
                                           const i64* count, int direct, float* const* wide,
-                                          float* const* col, float* const* out, float* y) {
+                                          float* const* col, float* const* out, i64 chunk,
+                                          float* y) {
   const Geometry geo(geometry);
   const i64 o_g = geo.o / geo.g, k_g = geo.taps(), plane = geo.plane();
   run_parts(parts, [&](int p) {
@@ -123,12 +126,17 @@ extern "C" void lg_conv_forward_parts_f32(const float* x, const int* geometry, c
                          weight, bias, wide[p], yp);
       return;
     }
-    const i64 cols = n * plane;
-    geo.im2col(xp, n, col[p]);
-    for (int k = 0; k < geo.g; ++k)   // out_k (O/g, cols) = w_k (O/g, K/g) @ col_k (K/g, cols)
-      gemm(false, false, o_g, cols, k_g, weight + k * o_g * k_g, k_g, col[p] + k * k_g * cols,
-           cols, out[p] + k * o_g * cols, cols);
-    lg_rows_to_nchw_f32(out[p], bias, n, geo.o, plane, yp);
+    // chunk: images at a time whose columns stay in the core's cache (0:
+    // all of them, the columns kept for the backward pass)
+    const i64 step = chunk > 0 ? chunk : n;
+    for (i64 s = 0; s < n; s += step) {
+      const i64 m = s + step < n ? step : n - s, cols = m * plane;
+      geo.im2col(xp + s * geo.image(), m, col[p]);
+      for (int k = 0; k < geo.g; ++k)   // out_k (O/g, cols) = w_k (O/g, K/g) @ col_k
+        gemm(false, false, o_g, cols, k_g, weight + k * o_g * k_g, k_g, col[p] + k * k_g * cols,
+             cols, out[p] + k * o_g * cols, cols);
+      lg_rows_to_nchw_f32(out[p], bias, m, geo.o, plane, yp + s * geo.o * plane);
+    }
   }, [](int, int) {});
 }
 
@@ -147,8 +155,8 @@ extern "C" void lg_conv_backward_parts_f32(
     const float* x, const float* dy, float* dx, const int* geometry, const float* weight,
     int parts, const i64* first, const i64* count, const i64* const* index, float* const* xa,
     float* const* dya, float* const* dxa, int recompute, float* const* col, float* const* rows,
-    float* const* dw_t, float* const* dbias, float* const* dcol, i64 dcol_images, float* w_diff,
-    float* b_diff) {
+    float* const* dw_t, float* const* dbias, float* const* dcol, i64 dcol_images, i64 chunk,
+    float* w_diff, float* b_diff) {
   const Geometry geo(geometry);
   const i64 o_g = geo.o / geo.g, k_g = geo.taps(), plane = geo.plane();
   const i64 in_size = geo.image(), out_size = geo.o * plane;
@@ -172,8 +180,26 @@ extern "C" void lg_conv_backward_parts_f32(
       std::memset(dw_t[p], 0, sizeof(float) * geo.g * k_g * o_g);
       return;
     }
-    if (recompute) geo.im2col(xp, n, col[p]);
     lg_nchw_to_rows_f32(dyp, n, geo.o, plane, rows[p], dbias[p]);
+    if (chunk > 0) {                   // the columns again, chunk images at a time
+      for (i64 s = 0; s < n; s += chunk) {
+        const i64 m = s + chunk < n ? chunk : n - s, cm = m * plane;
+        geo.im2col(xp + s * in_size, m, col[p]);
+        for (int k = 0; k < geo.g; ++k)   // dw_t_k += col_k (K/g, cm) @ rows_k[:, chunk]^T
+          gemm(false, true, k_g, o_g, cm, col[p] + k * k_g * cm, cm,
+               rows[p] + k * o_g * cols + s * plane, cols, dw_t[p] + k * k_g * o_g, o_g, s > 0);
+        if (!dxp) continue;
+        for (int k = 0; k < geo.g; ++k)
+          gemm(true, false, k_g, cm, o_g, weight + k * o_g * k_g, k_g,
+               rows[p] + k * o_g * cols + s * plane, cols, dcol[p] + k * k_g * cm, cm);
+        geo.col2im(dcol[p], m, dxp + s * in_size);
+      }
+      if (dxp && index && index[p])
+        for (i64 i = 0; i < n; ++i)
+          std::memcpy(dx + index[p][i] * in_size, dxp + i * in_size, sizeof(float) * in_size);
+      return;
+    }
+    if (recompute) geo.im2col(xp, n, col[p]);
     for (int k = 0; k < geo.g; ++k)   // dw_t_k (K/g, O/g) = col_k (K/g, cols) @ rows_k^T
       gemm(false, true, k_g, o_g, cols, col[p] + k * k_g * cols, cols, rows[p] + k * o_g * cols,
            cols, dw_t[p] + k * k_g * o_g, o_g);
@@ -248,4 +274,46 @@ extern "C" void lg_ip_backward_parts_f32(const float* dy, const float* x, const 
       gemm(false, false, row_hi[p] - row_lo[p], k, o, dy + row_lo[p] * o, o, w, k,
            dx + row_lo[p] * k, k);
   }, [](int, int) {});
+}
+
+extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64* index,
+                                      i64 count, int channels, int height, int width,
+                                      int out_ch, int kh, int kw, int ho, int wo, float* dyw,
+                                      void* masks, float* acc, double* dbias);
+
+// The weight and bias gradients of a direct convolution without a bottom
+// gradient (lg_direct_conv_dw_f32), one part per thread: part p's images
+// [first[p], first[p] + count[p]), or index[p][0..count[p]) when index[p]
+// is set; acc[p] (O, C*kh*kw, 16), dbias[p] (O, double), dyw[p], masks[p]
+// its scratch.  Then w_diff (O, C*kh*kw) += each part's lanes summed, and
+// b_diff += each part's dbias, in part order -- the sums in the order
+// NumPy's acc.sum(axis=2) takes (pairwise: lanes j and j + 8 first), so the
+// result is the thread-pool path's bit for bit.
+extern "C" void lg_direct_conv_dw_parts_f32(
+    const float* x, const float* dy, int parts, const i64* first, const i64* count,
+    const i64* const* index, const int* geometry, float* const* dyw, void* const* masks,
+    float* const* acc, double* const* dbias, float* w_diff, float* b_diff) {
+  const Geometry geo(geometry);
+  const i64 taps = geo.taps(), in_size = geo.image(), out_size = (i64)geo.o * geo.plane();
+  run_parts(parts, [&](int p) {
+    std::memset(acc[p], 0, sizeof(float) * geo.o * taps * 16);
+    std::memset(dbias[p], 0, sizeof(double) * geo.o);
+    const bool gathered = index && index[p];
+    lg_direct_conv_dw_f32(gathered ? x : x + first[p] * in_size,
+                          gathered ? dy : dy + first[p] * out_size, gathered ? index[p] : nullptr,
+                          count[p], geo.c, geo.h, geo.w, geo.o, geo.kh, geo.kw, geo.ho, geo.wo,
+                          dyw[p], masks[p], acc[p], dbias ? dbias[p] : nullptr);
+  }, [&](int t, int nt) {
+    const i64 lo = geo.o * t / nt, hi = geo.o * (t + 1) / nt;
+    for (int p = 0; p < parts; ++p)
+      for (i64 oc = lo; oc < hi; ++oc) {
+        for (i64 k = 0; k < taps; ++k) {
+          const float* a = acc[p] + (oc * taps + k) * 16;
+          float r[8];
+          for (int j = 0; j < 8; ++j) r[j] = a[j] + a[j + 8];
+          w_diff[oc * taps + k] += ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        }
+        if (b_diff) b_diff[oc] += (float)dbias[p][oc];
+      }
+  });
 }
