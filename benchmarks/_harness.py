@@ -115,10 +115,12 @@ class WorkerError(RuntimeError):
 
 def run_worker(script, engine, case, threads, extra=(), timeout=900):
     """Run ``script --engine engine --case case --threads threads *extra`` in
-    a fresh process with the thread variables set; returns its result dict."""
-    env = set_thread_env(threads, dict(os.environ))
+    a fresh process with the thread variables set (``threads`` a list: the
+    largest); returns its result dict."""
+    counts = list(threads) if isinstance(threads, (list, tuple)) else [threads]
+    env = set_thread_env(max(counts), dict(os.environ))
     cmd = [sys.executable, script, "--engine", engine, "--case", case,
-           "--threads", str(threads), *map(str, extra)]
+           "--threads", *map(str, counts), *map(str, extra)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -425,6 +425,119 @@ def worker(args):
 DEFAULT_WARMUP = 5
 
 
+# ------------------------------------------------------ paired scaling --
+PAIRED_RESULTS = os.path.join(HERE, "results", "bench_triplet_scaling.json")
+
+
+def report_paired(args, record, paired, engines, default_json):
+    """Print the paired scaling table; write the JSON record."""
+    lo, hi = sorted(set(args.threads))
+    print(f"\nScaling {hi}/{lo} threads, paired blocks in one process (median, min-max; "
+          "images/s medians of the blocks):")
+    record["protocol"].update({"paired": True, "blocks": args.blocks,
+                               "steps_per_block": {c: args.steps or PAIRED_STEPS[c]
+                                                   for c in args.cases}})
+    record["scaling"] = {}
+    for case, by_engine in paired.items():
+        row = {}
+        for engine in engines:
+            rec = by_engine[engine]
+            r = H.spread(rec["ratios"])
+            rates = {t: H.spread(v)["median"] for t, v in rec["images_per_s"].items()}
+            row[engine] = {"ratio": r, "images_per_s": rates, "ratios": rec["ratios"]}
+        record["scaling"][case] = row
+        cells = "   ".join(
+            f"{H.ENGINE_NAMES[e]} {row[e]['ratio']['median']:.2f}x "
+            f"({row[e]['ratio']['min']:.2f}-{row[e]['ratio']['max']:.2f}; "
+            f"{row[e]['images_per_s'][str(lo)]:,.0f} -> {row[e]['images_per_s'][str(hi)]:,.0f})"
+            for e in engines)
+        print(f"  {case:<9} {cells}")
+    path = args.json
+    if path is None and set(args.cases) == set(CASES) and default_json == RESULTS:
+        path = PAIRED_RESULTS
+    if path:
+        H.write_json(path, record)
+        shown = os.path.relpath(path)
+        print(f"wrote {path if shown.startswith('..') else shown}")
+    return record
+
+
+def select_threads(engine, threads, keep):
+    """Switch this process's engine to ``threads`` threads between blocks
+    (``keep``: holds the BLAS limit object)."""
+    from threadpoolctl import threadpool_limits
+    keep[:] = [threadpool_limits(threads, user_api="blas")]
+    if engine == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        return
+    from layergraph import cpu_kernels
+    os.environ["LAYERGRAPH_BATCH_THREADS"] = str(threads)   # read when a layer splits
+    cpu_kernels.set_threads(threads)
+
+
+def paired_worker(args):
+    """Scaling measured in one process: the same case built for each thread
+    count of --threads (our engine: one solver or net per count, since a
+    layer cuts its batch when it is set up), then blocks of --steps steps
+    alternating the counts (1 2, 2 1, ...) --blocks times.  The ratio of
+    each pair of neighbouring blocks sees the same state of the machine;
+    prints one RESULT line with every block's images/s and the ratios."""
+    import time
+    counts = sorted(set(args.threads))
+    H.set_thread_env(max(counts))      # before numpy / torch are imported
+    make = layergraph_worker if args.engine == "layergraph" else torch_worker
+    keep, steps = [], {}
+    for t in counts:
+        select_threads(args.engine, t, keep)
+        args.threads = t
+        steps[t] = make(args)[0]
+        for _ in range(DEFAULT_WARMUP if args.warmup is None else args.warmup):
+            steps[t]()
+    n = args.steps or PAIRED_STEPS[args.case]
+    images = IMAGES_PER_STEP[args.case]
+    rates = {t: [] for t in counts}
+    for b in range(args.blocks):
+        for t in (counts if b % 2 == 0 else counts[::-1]):
+            select_threads(args.engine, t, keep)
+            steps[t]()                      # one untimed step after the switch
+            start = time.perf_counter()
+            for _ in range(n):
+                steps[t]()
+            rates[t].append(images * n / (time.perf_counter() - start))
+    lo, hi = counts[0], counts[-1]
+    ratios = [b / a for a, b in zip(rates[lo], rates[hi])]
+    H.emit({"engine": args.engine, "case": args.case, "threads": counts, "paired": True,
+            "steps_per_block": n, "blocks": args.blocks,
+            "images_per_s": {str(t): r for t, r in rates.items()}, "ratios": ratios})
+
+
+#: timed steps per block of the paired scaling measurement
+PAIRED_STEPS = {"triplet": 8, "siamese": 10, "lenet": 20, "inference": 8}
+
+
+def paired_scaling(args, engines, runs, script, progress=print):
+    """One paired worker per case and engine (engines alternating their
+    order from case to case); returns {case: {engine: record}}."""
+    out = {}
+    for k, case in enumerate(args.cases):
+        out[case] = {}
+        for engine in (engines if k % 2 == 0 else engines[::-1]):
+            extra = ["--paired", "--blocks", args.blocks]
+            if args.steps:
+                extra += ["--steps", args.steps]
+            if case in runs and engine == "layergraph":
+                extra += ["--run", runs[case]]
+            rec = H.run_worker(script, engine, case, sorted(set(args.threads)), extra)
+            out[case][engine] = rec
+            r = H.spread(rec["ratios"])
+            if progress:
+                progress(f"  {case:<9} {H.ENGINE_NAMES[engine]:<10} scaling "
+                         f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) over "
+                         f"{len(rec['ratios'])} block pairs")
+    return out
+
+
 # -------------------------------------------------------------- parent --
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -450,10 +563,17 @@ def parse(argv):
     worker_opts.add_argument("--run", help="a run folder made by `layergraph new`")
     worker_opts.add_argument("--profile", action="store_true",
                              help="cProfile the timed steps, print the top 15 by tottime")
+    p.add_argument("--paired", action="store_true",
+                   help="measure each engine's scaling between the --threads counts in one "
+                   "process, blocks of steps alternating the counts (see paired_worker)")
+    p.add_argument("--blocks", type=int, default=24,
+                   help="blocks per thread count with --paired (default 24)")
     args = p.parse_args(argv)
     if args.engine or args.case:
-        if not (args.engine and args.case) or len(args.threads) != 1:
+        if not (args.engine and args.case) or (len(args.threads) != 1 and not args.paired):
             p.error("worker mode needs --engine, --case and one --threads value")
+    if args.paired and (len(set(args.threads)) != 2 or args.blocks < 1):
+        p.error("--paired needs two --threads counts and --blocks >= 1")
     if any(t < 1 for t in args.threads):
         p.error("--threads takes counts >= 1")
     if args.rounds < 1 or (args.steps is not None and args.steps < 1):
@@ -464,7 +584,7 @@ def parse(argv):
 def main(argv=None, default_json=RESULTS, script=os.path.abspath(__file__)):
     args = parse(argv)
     if args.engine:
-        return worker(args)
+        return paired_worker(args) if args.paired else worker(args)
     engines = list(args.engines)
     if "torch" in engines and importlib.util.find_spec("torch") is None:
         print("PyTorch not installed (pip install torch==2.13.0 for the reference): "
@@ -485,9 +605,12 @@ def main(argv=None, default_json=RESULTS, script=os.path.abspath(__file__)):
                            "order": "rounds alternate the engines' order; median over rounds",
                            "ratio": "layergraph images/s / PyTorch images/s"}}
     load = record["machine"]["loadavg_at_start"]
+    how = (f"scaling {threads[0]} -> {threads[-1]} threads in one process per engine and case, "
+           f"{args.blocks} blocks per count alternating, median of the paired ratios (min-max)"
+           if args.paired else f"each measurement a fresh process; {args.rounds} alternating "
+           "round(s), median (min-max)")
     print(f"{record['machine']['cpu']}, {os.cpu_count()} CPUs, load average "
-          f"{', '.join(f'{v:.2f}' for v in load) if load else '?'}; float32; each measurement "
-          f"a fresh process; {args.rounds} alternating round(s), median (min-max)")
+          f"{', '.join(f'{v:.2f}' for v in load) if load else '?'}; float32; {how}")
     if load and load[0] > 0.5:
         print("note: the machine is busy (load average above 0.5): figures are noisy")
     with tempfile.TemporaryDirectory(prefix="bench_triplet_") as tmp:
@@ -503,6 +626,12 @@ def main(argv=None, default_json=RESULTS, script=os.path.abspath(__file__)):
                 extra += ["--run", runs[case]]
             return extra
 
+        if args.paired:
+            try:
+                paired = paired_scaling(args, engines, runs, script)
+            except H.WorkerError as err:
+                raise SystemExit(f"bench_triplet: {err}")
+            return report_paired(args, record, paired, engines, default_json)
         try:
             results, errors = H.alternate_rounds(script, args.cases, threads, engines, args.rounds,
                                          extra_for)
