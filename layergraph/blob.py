@@ -6,6 +6,7 @@ the blob's dtype (float32 by default, like Caffe).  Parameter diffs accumulate
 share a parameter hold the very same Blob object.  Bottom diffs are
 overwritten.
 """
+import math
 import os
 
 import numpy as np
@@ -72,8 +73,7 @@ class Blob:
         return self._data.ndim
 
     def count_range(self, start, end=None):
-        end = self.num_axes if end is None else end
-        return int(np.prod(self.shape[start:end], dtype=np.int64))
+        return math.prod(self._data.shape[start:end])   # (Python ints: no overflow)
 
     def canonical_axis(self, axis):
         """Map a possibly negative axis to [0, num_axes) (Caffe's CanonicalAxisIndex)."""

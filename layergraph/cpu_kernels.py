@@ -111,6 +111,13 @@ def _build():
         fn.argtypes, fn.restype = [_PTR] * 3 + [_I64, real, _INT, _INT] + [real] * 3, None
         fn = getattr(lib, f"lg_adam_update_{suffix}")
         fn.argtypes, fn.restype = [_PTR] * 4 + [_I64, real, _INT, _INT] + [real] * 7, None
+    for suffix in _SUFFIX.values():
+        fn = getattr(lib, f"lg_sgd_update_many_{suffix}")
+        fn.argtypes, fn.restype = [_INT] + [_PTR] * 6, None
+        fn = getattr(lib, f"lg_adam_update_many_{suffix}")
+        fn.argtypes, fn.restype = [_INT] + [_PTR] * 7, None
+        fn = getattr(lib, f"lg_zero_many_{suffix}")
+        fn.argtypes, fn.restype = [_INT, _PTR, _PTR], None
     lib.lg_row_hash_f32.argtypes, lib.lg_row_hash_f32.restype = [_PTR, _I64, _I64, _PTR], None
     lib.lg_direct_conv_f32.argtypes = [_PTR, _I64] + [_INT] * 8 + [_PTR] * 4
     lib.lg_direct_conv_f32.restype = None
@@ -637,3 +644,28 @@ def direct_conv_dw_parts(x, dy, first, count, index, gradients, w_diff, b_diff):
             x.ctypes.data, dy.ctypes.data, len(first), first.ctypes.data, count.ctypes.data,
             _ptr(index), geometry.ctypes.data, dyw.ctypes.data, masks.ctypes.data,
             acc.ctypes.data, dbias.ctypes.data, w_diff.ctypes.data, _ptr(b_diff))
+
+
+class ArraySet:
+    """The addresses of a list of same-dtype arrays (parameters' data,
+    diffs, histories), made again only when one of the arrays is replaced:
+    the arrays are held, so none can be freed while its address is kept."""
+
+    def __init__(self):
+        self.arrays = self.table = self.counts = None
+
+    def addresses(self, arrays):
+        """(addresses, sizes) of ``arrays`` as uintp and int64 arrays."""
+        if self.arrays is None or len(arrays) != len(self.arrays) or any(
+                a is not b for a, b in zip(arrays, self.arrays)):
+            self.arrays, self.table = list(arrays), addresses(arrays)
+            self.counts = np.array([a.size for a in arrays], dtype=np.int64)
+        return self.table, self.counts
+
+
+def zero_many(arrays, cache):
+    """Zero ``arrays`` (C-contiguous, one dtype the loops serve) in one call;
+    ``cache`` an :class:`ArraySet` kept by the caller."""
+    table, counts = cache.addresses(arrays)
+    fn = getattr(library(), f"lg_zero_many_{_SUFFIX[arrays[0].dtype]}")
+    fn(len(arrays), table.ctypes.data, counts.ctypes.data)

@@ -688,7 +688,17 @@ class Net:
         return loss
 
     def clear_param_diffs(self):
-        for blob in self.learnable_params:
+        params = self.learnable_params
+        if params and self.xp is np and self.backend.kernels is None:
+            from . import cpu_kernels   # on the CPU: every diff in one parallel call
+            diffs = [blob._diff for blob in params]
+            if (all(d is not None and d.dtype == diffs[0].dtype and d.flags.c_contiguous
+                    for d in diffs) and cpu_kernels.available(diffs[0].dtype)):
+                if getattr(self, "_zeroing", None) is None:
+                    self._zeroing = cpu_kernels.ArraySet()
+                cpu_kernels.zero_many(diffs, self._zeroing)
+                return
+        for blob in params:
             blob.zero_diff()
 
     # ------------------------------------------------------------ weights --

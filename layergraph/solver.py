@@ -342,6 +342,7 @@ class Solver:
         self._work_buffers = {}  # param index -> scratch arrays of the update
         self._groups = None      # the update split over threads (_update_groups)
         self._fused = None       # SGD/Adam through the compiled one-pass loops
+        self._fused_sets = None  # (their arrays' addresses for the one-call update)
         self.db = None if db is None else os.path.abspath(os.path.expanduser(os.fspath(db)))
         self.tensorboard = None
         self.reducer = None        # data-parallel: averages the gradients
@@ -510,15 +511,39 @@ class Solver:
             return False
         from . import cpu_kernels
         p, n = self.param, len(params)
-        for i, blob in enumerate(params):
-            if self.net.params_lr[i] == 0:
-                continue
-            arrays = [blob.data, blob.diff, self.history[i]]
-            if self.type == "Adam":
-                arrays.append(self.history[i + n])
-            cpu_kernels.call(f"{self.type.lower()}_update", blob.dtype, *arrays, blob.count,
-                             1.0 / p.iter_size, int(p.iter_size > 1),
-                             *self._regularization(i), *self._rule(i, rate))
+        todo = [i for i in range(n) if self.net.params_lr[i] != 0]
+        if not todo:
+            return True
+        dtype = params[todo[0]].dtype
+        if any(params[i].dtype != dtype for i in todo):   # one call per parameter
+            for i in todo:
+                arrays = [params[i].data, params[i].diff, self.history[i]]
+                if self.type == "Adam":
+                    arrays.append(self.history[i + n])
+                cpu_kernels.call(f"{self.type.lower()}_update", dtype, *arrays,
+                                 params[i].count, 1.0 / p.iter_size, int(p.iter_size > 1),
+                                 *self._regularization(i), *self._rule(i, rate))
+            return True
+        # every parameter in one call: its scalars and flags side by side
+        scalars, flags = [], []
+        for i in todo:
+            reg, decay = self._regularization(i)
+            scalars += [1.0 / p.iter_size, decay, *self._rule(i, rate)]
+            flags += [int(p.iter_size > 1), reg]
+        if self._fused_sets is None:
+            self._fused_sets = [cpu_kernels.ArraySet() for _ in range(4)]
+        columns = [[params[i].data for i in todo], [params[i].diff for i in todo],
+                   [self.history[i] for i in todo]]
+        if self.type == "Adam":
+            columns.append([self.history[i + n] for i in todo])
+        tables = [s.addresses(c) for s, c in zip(self._fused_sets, columns)]
+        counts = tables[0][1]
+        scalars = np.array(scalars, dtype=dtype)
+        flags = np.array(flags, dtype=np.intc)
+        fn = getattr(cpu_kernels.library(),
+                     f"lg_{self.type.lower()}_update_many_{cpu_kernels.suffix(dtype)}")
+        fn(len(todo), *[t.ctypes.data for t, _ in tables], counts.ctypes.data,
+           scalars.ctypes.data, flags.ctypes.data)
         return True
 
     def _update_groups(self):

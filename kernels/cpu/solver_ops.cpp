@@ -19,6 +19,7 @@
 //         h2 = h2 * b2 + (g * (1 - b2)) * g
 //         w -= (h * lr_c) / (sqrt(h2) + delta)           (lr_c: lr times the bias correction)
 #include <cmath>
+#include <cstring>
 
 #include "parallel_for.h"
 
@@ -91,3 +92,62 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
 
 LG_SOLVER_OPS(float, f32)
 LG_SOLVER_OPS(double, f64)
+
+// Every parameter's update in one call: params arrays of per-parameter
+// pointers and sizes; scalars per parameter (SGD: iter_scale, decay, lr,
+// momentum; Adam: iter_scale, decay, lr_c, b1, c1, b2, c2, delta) and
+// flags (scale, reg).  The values of all the parameters, end to end, are
+// cut into one share per thread (one share under LG_UPDATE_MIN_ITEMS per
+// thread), so a step's update is one wake-up of the threads instead of one
+// per large parameter plus a Python call per parameter.  Elementwise: the
+// same bits as the one-parameter calls.
+namespace {
+
+template <typename Body>
+void over_params(int n, const i64* counts, const Body& body) {
+  i64 total = 0;
+  for (int i = 0; i < n; ++i) total += counts[i];
+  parallel_for(total, [&](i64 b, i64 e) {
+    i64 start = 0;
+    for (int i = 0; i < n && start < e; start += counts[i], ++i) {
+      const i64 lo = b > start ? b - start : 0, hi = e - start < counts[i] ? e - start : counts[i];
+      if (hi > lo) body(i, lo, hi);
+    }
+  }, LG_UPDATE_MIN_ITEMS);
+}
+
+}  // namespace
+
+#define LG_SOLVER_OPS_MANY(T, SUFFIX)                                                         \
+  extern "C" void lg_sgd_update_many_##SUFFIX(int n, T* const* w, T* const* diff,             \
+                                              T* const* h, const i64* counts, const T* s,     \
+                                              const int* flags) {                             \
+    over_params(n, counts, [&](int i, i64 b, i64 e) {                                         \
+      const T* k = s + 4 * i;                                                                 \
+      sgd_items<T>(w[i], diff[i], h[i], b, e, k[0], flags[2 * i], flags[2 * i + 1], k[1],     \
+                   k[2], k[3]);                                                               \
+    });                                                                                       \
+  }                                                                                           \
+  extern "C" void lg_adam_update_many_##SUFFIX(int n, T* const* w, T* const* diff,            \
+                                               T* const* h, T* const* h2, const i64* counts,  \
+                                               const T* s, const int* flags) {                \
+    over_params(n, counts, [&](int i, i64 b, i64 e) {                                         \
+      const T* k = s + 8 * i;                                                                 \
+      adam_items<T>(w[i], diff[i], h[i], h2[i], b, e, k[0], flags[2 * i], flags[2 * i + 1],   \
+                    k[1], k[2], k[3], k[4], k[5], k[6], k[7]);                                \
+    });                                                                                       \
+  }
+
+LG_SOLVER_OPS_MANY(float, f32)
+LG_SOLVER_OPS_MANY(double, f64)
+
+// diffs' zeroing (Net.clear_param_diffs) in one call, split as above
+#define LG_ZERO_MANY(T, SUFFIX)                                                               \
+  extern "C" void lg_zero_many_##SUFFIX(int n, T* const* a, const i64* counts) {              \
+    over_params(n, counts, [&](int i, i64 b, i64 e) {                                         \
+      std::memset(a[i] + b, 0, sizeof(T) * (e - b));                                          \
+    });                                                                                       \
+  }
+
+LG_ZERO_MANY(float, f32)
+LG_ZERO_MANY(double, f64)

@@ -224,6 +224,7 @@ class Convolution(Layer):
             self._native_geometry = np.array(
                 (c, h, w, kh, kw, ph, pw, sh, sw, dh, dw, ho, wo, o, g), dtype=np.int32)
             self._native_forward = None   # its per-part arrays, made on first use
+            self._native_backward_args = {}   # (those of backward without gathering)
             chunk = min(max(1, COLUMN_CHUNK_BYTES // per_image), self._dcol_images)
             self._chunk = (chunk if self._native and not self._direct
                            and chunk < max(p.hi - p.lo for p in self._parts) else 0)
@@ -411,6 +412,12 @@ class Convolution(Layer):
             self._backward_direct(x, dy, active)
             return
         if not cpu_kernels.skip_inactive(active, dy.shape[0]):
+            cached = self._native and self._native_backward_args.get((self._direct, propagate))
+            if cached:           # the one-call pass over every image, set up before
+                cpu_kernels.conv_backward_parts(x, dy, dx if propagate else None,
+                                                self._native_geometry, weight.data, *cached,
+                                                weight.diff, b_diff)
+                return
             active = None        # every image: the forward pass's columns
             # (the direct forward pass left no columns: im2col them here)
             jobs = [(p, p.window, *p.columns(o, dt), dy[p.lo:p.hi], dx[p.lo:p.hi],
@@ -483,6 +490,7 @@ class Convolution(Layer):
         rows and adds the parts' dw and db into the parameter diffs."""
         gathers = [job[6] is not None and job[6][0] is not None for job in jobs]
         recompute = jobs[0][6] is not None
+        bias = self.blobs[1].diff if self.bias_term else None
         first = np.array([0 if g else job[0].lo for g, job in zip(gathers, jobs)], np.int64)
         count = np.array([job[1][0] for job in jobs], np.int64)
         if any(gathers):
@@ -496,14 +504,15 @@ class Convolution(Layer):
         else:
             index = xa = dya = dxa = None
         addresses = cpu_kernels.addresses
-        bias = self.blobs[1].diff if self.bias_term else None
-        cpu_kernels.conv_backward_parts(
-            x, dy, dx, self._native_geometry, self.blobs[0].data, first, count, index, xa, dya,
-            dxa, recompute, addresses([job[2] for job in jobs]),
-            addresses([job[3] for job in jobs]), addresses([job[0].dw_t for job in jobs]),
-            addresses([job[0].dbias for job in jobs]),
-            addresses([job[0].dcol for job in jobs]), self._dcol_images, self._chunk,
-            self.blobs[0].diff, bias)
+        args = (first, count, index, xa, dya, dxa, recompute,
+                addresses([job[2] for job in jobs]), addresses([job[3] for job in jobs]),
+                addresses([job[0].dw_t for job in jobs]),
+                addresses([job[0].dbias for job in jobs]),
+                addresses([job[0].dcol for job in jobs]), self._dcol_images, self._chunk)
+        if not any(gathers):   # every image: the same arguments next time
+            self._native_backward_args[(recompute, dx is not None)] = args
+        cpu_kernels.conv_backward_parts(x, dy, dx, self._native_geometry, self.blobs[0].data,
+                                        *args, self.blobs[0].diff, bias)
 
     def _backward_direct(self, x, dy, active):
         """The weight and bias gradients of a direct convolution with no

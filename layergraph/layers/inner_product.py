@@ -77,6 +77,10 @@ class InnerProduct(Layer):
                 f"but the weight {self.blobs[0].shape} expects {expected}")
         self.rows = bottom[0].count_range(0, self.axis)
         top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
+        key = (self.rows, k, cpu_kernels.batch_threads(), cpu_kernels.available(self.dtype))
+        if key == getattr(self, "_split_key", None):   # the split below is decided
+            return
+        self._split_key = key
         self._parts = self._out_parts = None
         # compiled-loop CPU path: skip all-zero rows of dy in backward, and
         # split the work over the cores when there is enough of it
@@ -87,6 +91,9 @@ class InnerProduct(Layer):
             if len(parts) > 1:
                 self._parts = parts
                 self._out_parts = cpu_kernels.batch_parts(self.num_output)
+                n = max(len(parts), len(self._out_parts))
+                self._native_bounds = (self._bounds(self._out_parts) + self._bounds(
+                    self._out_parts, n) + self._bounds(parts, n))
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
@@ -95,7 +102,7 @@ class InnerProduct(Layer):
         y = top[0].data.reshape(self.rows, self.num_output)
         if self._parts is not None and x.flags.c_contiguous and y.flags.c_contiguous:
             if cpu_kernels.native_parts(self.dtype):   # the parts in one call
-                lo, hi = self._bounds(self._out_parts)
+                lo, hi = self._native_bounds[:2]
                 cpu_kernels.ip_forward_parts(x, w, self.blobs[1].data if self.bias_term else None,
                                              lo, hi, y)
                 return
@@ -193,9 +200,12 @@ class InnerProduct(Layer):
         dx2 = dx.reshape(len(x), -1) if propagate and dx.flags.c_contiguous else None
 
         if cpu_kernels.native_parts(self.dtype) and (dx2 is not None or not propagate):
-            n = max(len(parts), len(self._out_parts))   # the parts in one call
-            out_lo, out_hi = self._bounds(self._out_parts, n)
-            row_lo, row_hi = self._bounds(parts, n)
+            if parts is self._parts:                    # the parts in one call
+                out_lo, out_hi, row_lo, row_hi = self._native_bounds[2:]
+            else:
+                n = max(len(parts), len(self._out_parts))
+                out_lo, out_hi = self._bounds(self._out_parts, n)
+                row_lo, row_hi = self._bounds(parts, n)
             cpu_kernels.ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw, w_diff,
                                           b_diff, dx2)
             return
