@@ -513,7 +513,7 @@ def paired_worker(args):
 
 
 #: timed steps per block of the paired scaling measurement
-PAIRED_STEPS = {"triplet": 8, "siamese": 10, "lenet": 20, "inference": 8}
+PAIRED_STEPS = {"triplet": 3, "siamese": 4, "lenet": 6, "inference": 3}
 
 
 def paired_scaling(args, engines, runs, script, progress=print):
@@ -566,8 +566,8 @@ def parse(argv):
     p.add_argument("--paired", action="store_true",
                    help="measure each engine's scaling between the --threads counts in one "
                    "process, blocks of steps alternating the counts (see paired_worker)")
-    p.add_argument("--blocks", type=int, default=24,
-                   help="blocks per thread count with --paired (default 24)")
+    p.add_argument("--blocks", type=int, default=60,
+                   help="blocks per thread count with --paired (default 60)")
     args = p.parse_args(argv)
     if args.engine or args.case:
         if not (args.engine and args.case) or (len(args.threads) != 1 and not args.paired):

@@ -15,9 +15,14 @@ The NumPy code in the layers stays the reference they are tested against
   ran), or the arrays are not float32/float64.
 
 Threads: ``OMP_NUM_THREADS`` if set, else ``OPENBLAS_NUM_THREADS`` (the
-matrix products' count), else every core.  OpenMP's idle threads are told
-not to spin (``OMP_WAIT_POLICY=passive`` unless set), so they do not steal
-the core the BLAS is computing on between two loops.
+matrix products' count), else every core.  OpenMP's idle threads wait
+passively (``OMP_WAIT_POLICY=passive`` unless set), so they do not hold a
+core for long after the last loop, but first spin for about half a
+millisecond (``GOMP_SPINCOUNT=30000`` unless set): a step's loops follow
+each other closer than that, and waking a sleeping thread costs 12-30 us
+a loop on these machines, more when the host is busy (an empty two-thread
+region: 1.3 us with the spin; the LeNet step of bench_triplet.py, 2 threads: 4%
+faster, separate processes alternating).
 
 >>> from layergraph import cpu_kernels
 >>> cpu_kernels.status()[0] in (True, False)
@@ -101,6 +106,7 @@ def _build():
             os.replace(tmp_lib, f"{lib_path}.{os.getpid()}")
             os.replace(f"{lib_path}.{os.getpid()}", lib_path)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")   # (libgomp: g++'s OpenMP)
     lib = ctypes.CDLL(lib_path)
     for name, argtypes in _SIGNATURES.items():
         for suffix in _SUFFIX.values():

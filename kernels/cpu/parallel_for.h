@@ -19,8 +19,19 @@ namespace {
 // ``min_items``: run on the calling thread alone when n is under twice it.
 // Waking the idle (passive) OpenMP threads costs tens of microseconds, more
 // than a small loop takes: a bias's update, say.
+//
+// Called inside a parallel region (a part of layer_parts.cpp's passes), the
+// loop runs on the calling thread without opening a region at all: a nested
+// region of one thread still costs a team start, and two threads starting
+// them chunk after chunk slowed a convolution's parts by a third.
 template <typename Body>
 void parallel_for(i64 n, const Body& body, i64 min_items = 1) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) {
+    body(0, n);
+    return;
+  }
+#endif
 #pragma omp parallel if (n >= 2 * min_items)
   {
 #ifdef _OPENMP

@@ -690,9 +690,14 @@ extern "C" void lg_direct_conv_f32(const float* x, i64 n_img, int channels, int 
                                    const float* w, const float* bias, float* wide, float* y) {
 #ifdef LG_DIRECT_CONV
   const i64 scratch = (i64)out_ch * ho * width;
+#ifdef _OPENMP
+  // called from a part of layer_parts.cpp (inside a parallel region), the
+  // loop runs on this thread alone with the part's own scratch
+  const bool alone = omp_in_parallel();
+#endif
   parallel_for(n_img, [=](i64 b, i64 e) {
 #ifdef _OPENMP
-    float* mine = wide + (i64)omp_get_thread_num() * scratch;
+    float* mine = wide + (alone ? 0 : (i64)omp_get_thread_num() * scratch);
 #else
     float* mine = wide;
 #endif
