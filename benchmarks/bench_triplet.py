@@ -4,7 +4,7 @@ a LeNet training step, and embedding inference of the deploy net.
 
     python benchmarks/bench_triplet.py [--cases triplet siamese lenet inference]
         [--threads 1 2] [--rounds 5] [--steps N] [--warmup N] [--dataset MNIST]
-        [--engines layergraph torch] [--quick] [--json FILE]
+        [--engines layergraph torch] [--quick] [--json FILE] [--paired]
 
 Cases (float32; images/s counts the images through the towers):
 
@@ -40,6 +40,15 @@ layergraph / PyTorch (> 1: layergraph is faster).  Scaling: each engine's
 2-thread median over its 1-thread median.  Peak RSS: ru_maxrss of the
 triplet workers after their steps.  Results go to --json (default, for a
 full run of all cases: benchmarks/results/bench_triplet.json).
+
+Scaling in one process (``--paired [--blocks 60]``): the thread counts of
+separate processes minutes apart see different states of a shared machine,
+and that drift can exceed the difference measured.  With --paired each
+engine and case runs in one worker that builds the step for both thread
+counts, then alternates blocks of a few steps (PAIRED_STEPS, 50-100 ms) of
+each; the figure is the median of the blocks' paired ratios, with the
+min-max (default JSON for all cases: benchmarks/results/
+bench_triplet_scaling.json).
 
 PyTorch is a dev-only reference (pip install torch==2.13.0), never a
 dependency of layergraph; without it only layergraph is timed.

@@ -514,8 +514,23 @@ def _find_sgemm():
                 config.restype = ctypes.c_char_p
                 if b"USE64BITINT" in (config() or b""):
                     continue
+            global _sgemm_name
+            _sgemm_name = f"{name} of {os.path.basename(info['filepath'])}"
             return ctypes.cast(fn, ctypes.c_void_p).value, ilp64
     return None
+
+
+_sgemm_name = None   # which sgemm layer_parts.cpp calls (for `layergraph time`)
+
+
+def native_status():
+    """A line saying how split passes run: one call (and with which sgemm)
+    or the Python thread pool, and why."""
+    if native_parts(np.float32):
+        return f"one call per split pass (kernels/cpu/layer_parts.cpp, {_sgemm_name})"
+    if os.environ.get("LAYERGRAPH_NATIVE_PARTS", "1").strip() in ("0", "off", "no"):
+        return "split passes on the Python thread pool (LAYERGRAPH_NATIVE_PARTS=0)"
+    return "split passes on the Python thread pool (no usable BLAS sgemm found)"
 
 
 def _sgemm_ready():

@@ -76,3 +76,19 @@ layer { name: "sig" type: "Sigmoid" bottom: "y" top: "z" }
     assert main(["time", "--model", str(model), "--iterations", "2", "--backend", "emu"]) == 0
     assert "Average forward-backward" in capsys.readouterr().out
     assert get_backend("emu").launches > before
+
+
+def test_time_fills_label_inputs_with_valid_labels(tmp_path, capsys):
+    """Regression: `time` filled Input blobs with Gaussian values, so a net
+    whose labels come from an Input (Caffe's LeNet deploy style) stopped at
+    'label -2 out of range'.  U[0, 1) truncates to class 0."""
+    model = tmp_path / "net.prototxt"
+    model.write_text('''
+layer { name: "in" type: "Input" top: "x" top: "label"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 5 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+''')
+    assert main(["time", "--model", str(model), "--iterations", "2"]) == 0
+    assert "Average forward-backward" in capsys.readouterr().out

@@ -237,6 +237,10 @@ def test_time_reports_the_batch_split(db, tmp_path, monkeypatch, capsys):
         assert ("direct convolution (no columns, AVX-512): conv1" in out) == \
             cpu_kernels.direct_conv_available()
         assert "backward skips items whose gradient is all zero" in out
+        if threads == "2":   # how the split passes run, and which columns are chunked
+            assert cpu_kernels.native_status() in out
+            assert ("one call per split pass" in out) == cpu_kernels.native_parts(np.float32)
+            assert ("conv2 (4 images at a time)" in out) == cpu_kernels.native_parts(np.float32)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork")

@@ -16,9 +16,9 @@ def cmd_time(args):
     _set_db(args)
     net = Net(args.model, phase=_phase(args.phase), backend=_backend(args))
     rng = np.random.default_rng(0)
-    for name in net.inputs:
+    for name in net.inputs:   # U[0, 1): also a valid label input (class 0)
         blob = net.blobs[name]
-        blob.data[...] = net.xp.asarray(rng.standard_normal(blob.shape), dtype=blob.dtype)
+        blob.data[...] = net.xp.asarray(rng.random(blob.shape), dtype=blob.dtype)
     sync = _synchronizer(net.backend)
     n = len(net.layers)
     fwd, bwd = np.zeros(n), np.zeros(n)
@@ -85,9 +85,15 @@ def cmd_time(args):
             print(f"batch split over threads (LAYERGRAPH_BATCH_THREADS="
                   f"{cpu_kernels.batch_threads()}; BLAS at 1 thread meanwhile): "
                   f"{', '.join(split)}")
+            print(cpu_kernels.native_status())
         else:
             print("batch split over threads: none (LAYERGRAPH_BATCH_THREADS="
                   f"{cpu_kernels.batch_threads()})")
+        chunked = [f"{layer.name} ({layer._chunk} images at a time)"
+                   for i, layer in enumerate(net.layers)
+                   if i not in followers and getattr(layer, "_chunk", 0)]
+        if chunked:
+            print(f"im2col columns made in cache-sized chunks: {', '.join(chunked)}")
         direct = [layer.name for i, layer in enumerate(net.layers)
                   if i not in followers and getattr(layer, "_direct", False)]
         if direct:

@@ -1,0 +1,36 @@
+"""benchmarks/bench_triplet.py --paired: one worker per engine and case
+builds the step for both thread counts and alternates blocks of them."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_triplet", os.path.join(ROOT, "benchmarks", "bench_triplet.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_scaling_writes_one_ratio_per_block(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "scaling.json"
+    record = bench.main(["--paired", "--cases", "lenet", "--engines", "layergraph",
+                         "--blocks", "3", "--steps", "1", "--warmup", "1", "--json", str(out)])
+    row = record["scaling"]["lenet"]["layergraph"]
+    assert len(row["ratios"]) == 3 and all(r > 0 for r in row["ratios"])
+    assert set(row["images_per_s"]) == {"1", "2"}
+    saved = json.loads(out.read_text())
+    assert saved["protocol"]["paired"] and saved["scaling"]["lenet"]["layergraph"]["ratios"]
+    assert "lenet     layergraph" in capsys.readouterr().out
+
+
+def test_paired_needs_two_thread_counts():
+    bench = _bench()
+    with pytest.raises(SystemExit):
+        bench.parse(["--paired", "--threads", "2"])
