@@ -677,3 +677,20 @@ def test_convolution_columns_in_chunks_match_numpy(param, shape, threads, monkey
             compare_backends(_conv(param), [x], backend="cpu", reference="numpy",
                              iterations=2, top_diffs=diffs, propagate=propagate,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_without_an_sgemm_the_split_passes_use_the_thread_pool(monkeypatch):
+    """A BLAS whose sgemm cannot be found (or fails the check product)
+    leaves the split passes on the Python thread pool, same results."""
+    monkeypatch.setattr(cpu_kernels, "_sgemm", None)
+    monkeypatch.setattr(cpu_kernels, "_find_sgemm", lambda: None)
+    assert not cpu_kernels.native_parts(np.float32)
+    assert "no usable BLAS sgemm found" in cpu_kernels.native_status()
+    monkeypatch.setenv("LAYERGRAPH_BATCH_THREADS", "2")
+    from layergraph.testing import make_layer, setup_layer
+    layer = make_layer(_conv("num_output: 5 kernel_size: 3 pad: 1"), dtype=np.float32)
+    setup_layer(layer, [np.zeros((6, 3, 6, 6), np.float32)])
+    assert not layer._native and layer._chunk == 0
+    compare_backends(_conv("num_output: 5 kernel_size: 3 pad: 1"),
+                     [RNG.standard_normal((6, 3, 6, 6))], backend="cpu", reference="numpy",
+                     iterations=2, rtol=1e-5, atol=1e-6)
