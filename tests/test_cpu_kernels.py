@@ -636,7 +636,8 @@ def test_inner_product_native_parts_match_the_thread_pool(threads, propagate, bi
     rng = np.random.default_rng(22)
     x = rng.standard_normal((9, 2, 5)).astype(np.float32)
     diffs = [rng.standard_normal((9, 11)).astype(np.float32),
-             _sparse_diffs((9, 11), [0, 4, 8], rng)]
+             _sparse_diffs((9, 11), [0, 4, 8], rng),          # too few rows to split
+             _sparse_diffs((9, 11), [0, 2, 3, 5, 8], rng)]    # gathered, then split
     native, pool = _pass_both_ways(spec, x, diffs, propagate, threads, monkeypatch,
                                    split_work=1)
     for a, b in zip(native, pool):
