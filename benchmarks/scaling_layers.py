@@ -8,7 +8,14 @@ step (``Net.forward_prefilled(clock=...)``), the update apart.
         [--blocks 40] [--steps 3]
 
 Prints per layer the mean milliseconds at one and two threads and their
-ratio, and the median of the steps' paired ratios.  The ratio of a layer
+ratio, and the median of the steps' paired ratios.
+
+    python benchmarks/scaling_layers.py --ceiling [--rows 192]
+
+measures the machine's own ceiling instead: one single-threaded sgemm of
+(rows x 800) by (800 x 500) against two side by side on halves of the
+output columns (cpu_kernels.ip_forward_parts: ip1's forward without its
+bias), blocks alternating in one process.  The ratio of a layer
 that does not split is about 1 (its time is the same on both); the gap of
 a split layer from 2x is what its second core loses.
 """
@@ -36,7 +43,12 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=40, help="blocks per thread count")
     p.add_argument("--steps", type=int, default=3, help="steps per block")
     p.add_argument("--dataset", default="MNIST")
+    p.add_argument("--ceiling", action="store_true",
+                   help="time bare sgemm calls on one and two threads instead")
+    p.add_argument("--rows", type=int, default=192, help="rows of the --ceiling product")
     args = p.parse_args(argv)
+    if args.ceiling:
+        return ceiling(args)
     keep, built = [], {}
     for threads in (1, 2):
         B.select_threads("layergraph", threads, keep)
@@ -91,6 +103,32 @@ def main(argv=None):
     print(f"  update {u1:.3f} {u2:.3f} ({u1 / u2:.2f}); step {np.median(s1):.2f} "
           f"{np.median(s2):.2f} ms, paired scaling {np.median(s1 / s2):.2f} "
           f"({(s1 / s2).min():.2f}-{(s1 / s2).max():.2f})")
+
+
+def ceiling(args):
+    from layergraph import cpu_kernels
+    if not cpu_kernels.native_parts(np.float32):
+        raise SystemExit("scaling_layers: --ceiling needs the compiled loops and a BLAS sgemm")
+    rng = np.random.default_rng(0)
+    x = rng.random((args.rows, 800), dtype=np.float32)
+    w = rng.random((500, 800), dtype=np.float32)
+    y = np.empty((args.rows, 500), np.float32)
+    cuts = {1: ([0], [500]), 2: ([0, 250], [250, 500])}
+    cuts = {t: tuple(np.array(v, np.int64) for v in c) for t, c in cuts.items()}
+    times = {1: [], 2: []}
+    for b in range(args.blocks + 1):
+        for threads in ((1, 2) if b % 2 == 0 else (2, 1)):
+            start = time.perf_counter()
+            for _ in range(20):
+                cpu_kernels.ip_forward_parts(x, w, None, *cuts[threads], y)
+            if b:                                       # block 0 warms up
+                times[threads].append((time.perf_counter() - start) / 20)
+    t1, t2 = np.array(times[1]), np.array(times[2])
+    flops = 2 * args.rows * 800 * 500
+    print(f"sgemm ({args.rows} x 800) by (800 x 500): one thread {np.median(t1) * 1e6:.0f} us "
+          f"({flops / np.median(t1) / 1e9:.0f} GFLOP/s), two side by side "
+          f"{np.median(t2) * 1e6:.0f} us; paired ratio {np.median(t1 / t2):.2f} "
+          f"({(t1 / t2).min():.2f}-{(t1 / t2).max():.2f}), {args.blocks} blocks of 20 calls")
 
 
 if __name__ == "__main__":
