@@ -1,5 +1,7 @@
-"""The CPU's compiled loops: sliding windows (``kernels/cpu/window_ops.cpp``)
-and the fused SGD/Adam updates (``kernels/cpu/solver_ops.cpp``).
+"""The CPU's compiled loops: sliding windows (``kernels/cpu/window_ops.cpp``),
+the fused SGD/Adam updates (``kernels/cpu/solver_ops.cpp``) and a split
+layer's whole pass in one call (``kernels/cpu/layer_parts.cpp``, see
+:func:`native_parts`).
 
 NumPy runs each array loop on one core, and a sliding window costs it
 several passes.  Convolution (im2col, col2im, the layout changes around its
