@@ -35,6 +35,9 @@ void lg_nchw_to_rows_f32(const float* dy, i64 n, int o, i64 plane, float* rows, 
 void lg_direct_conv_f32(const float* x, i64 n_img, int channels, int height, int width,
                         int out_ch, int kh, int kw, int ho, int wo, const float* w,
                         const float* bias, float* wide, float* y);
+void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64* index, i64 count,
+                           int channels, int height, int width, int out_ch, int kh, int kw,
+                           int ho, int wo, float* dyw, void* masks, float* acc, double* dbias);
 }
 
 namespace {
@@ -276,10 +279,6 @@ extern "C" void lg_ip_backward_parts_f32(const float* dy, const float* x, const 
   }, [](int, int) {});
 }
 
-extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64* index,
-                                      i64 count, int channels, int height, int width,
-                                      int out_ch, int kh, int kw, int ho, int wo, float* dyw,
-                                      void* masks, float* acc, double* dbias);
 
 // The weight and bias gradients of a direct convolution without a bottom
 // gradient (lg_direct_conv_dw_f32), one part per thread: part p's images
