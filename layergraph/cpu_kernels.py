@@ -114,11 +114,6 @@ def _build():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, f"lg_{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, _RESTYPES.get(name)
-    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        fn = getattr(lib, f"lg_sgd_update_{suffix}")
-        fn.argtypes, fn.restype = [_PTR] * 3 + [_I64, real, _INT, _INT] + [real] * 3, None
-        fn = getattr(lib, f"lg_adam_update_{suffix}")
-        fn.argtypes, fn.restype = [_PTR] * 4 + [_I64, real, _INT, _INT] + [real] * 7, None
     for suffix in _SUFFIX.values():
         fn = getattr(lib, f"lg_sgd_update_many_{suffix}")
         fn.argtypes, fn.restype = [_INT] + [_PTR] * 6, None
@@ -133,7 +128,6 @@ def _build():
     lib.lg_direct_conv_dw_f32.argtypes = [_PTR, _PTR, _PTR, _I64] + [_INT] * 8 + [_PTR] * 4
     lib.lg_direct_conv_dw_f32.restype = None
     lib.lg_set_sgemm.argtypes, lib.lg_set_sgemm.restype = [_PTR, _INT], None
-    lib.lg_has_sgemm.argtypes, lib.lg_has_sgemm.restype = [], _INT
     lib.lg_conv_forward_parts_f32.argtypes = ([_PTR] * 4 + [_INT, _PTR, _PTR, _INT] + [_PTR] * 3
                                               + [_I64, _PTR])
     lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 6 + [_INT]
@@ -480,9 +474,11 @@ def run_parts(body, parts):
 # layers that split the most (Convolution, InnerProduct) the whole split
 # pass is also written in C++ (kernels/cpu/layer_parts.cpp): one call, the
 # parts on OpenMP threads, the matrix products through the sgemm of the
-# BLAS NumPy uses (at one thread), bit for bit the run_parts path.
+# BLAS NumPy uses (at one thread), bit for bit the run_parts path where the
+# columns are not made in chunks (Convolution's COLUMN_CHUNK_BYTES).
 
-_sgemm = None   # (address, ilp64) once looked up; False: none usable
+_sgemm = None        # (address, ilp64) once looked up; False: none usable
+_sgemm_name = None   # which sgemm layer_parts.cpp calls (for `layergraph time`)
 
 
 def _find_sgemm():
@@ -491,6 +487,7 @@ def _find_sgemm():
     scipy-openblas wheels' ``scipy_cblas_sgemm64_`` (64-bit integers),
     else a plain ``cblas_sgemm`` (32-bit integers) of a BLAS that is not
     built for 64-bit ones."""
+    global _sgemm_name
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
@@ -516,13 +513,13 @@ def _find_sgemm():
                 config.restype = ctypes.c_char_p
                 if b"USE64BITINT" in (config() or b""):
                     continue
-            global _sgemm_name
             _sgemm_name = f"{name} of {os.path.basename(info['filepath'])}"
             return ctypes.cast(fn, ctypes.c_void_p).value, ilp64
     return None
 
 
-_sgemm_name = None   # which sgemm layer_parts.cpp calls (for `layergraph time`)
+def _native_off():
+    return os.environ.get("LAYERGRAPH_NATIVE_PARTS", "1").strip() in ("0", "off", "no")
 
 
 def native_status():
@@ -530,7 +527,7 @@ def native_status():
     or the Python thread pool, and why."""
     if native_parts(np.float32):
         return f"one call per split pass (kernels/cpu/layer_parts.cpp, {_sgemm_name})"
-    if os.environ.get("LAYERGRAPH_NATIVE_PARTS", "1").strip() in ("0", "off", "no"):
+    if _native_off():
         return "split passes on the Python thread pool (LAYERGRAPH_NATIVE_PARTS=0)"
     return "split passes on the Python thread pool (no usable BLAS sgemm found)"
 
@@ -573,7 +570,7 @@ def native_parts(dtype):
     """Whether a layer's split pass runs as one call (layer_parts.cpp):
     float32, the compiled loops and a usable sgemm present, and not
     turned off with ``LAYERGRAPH_NATIVE_PARTS=0`` (then run_parts)."""
-    if os.environ.get("LAYERGRAPH_NATIVE_PARTS", "1").strip() in ("0", "off", "no"):
+    if _native_off():
         return False
     return np.dtype(dtype) == np.float32 and available(dtype) and bool(_sgemm_ready())
 
@@ -684,6 +681,19 @@ class ArraySet:
             self.arrays, self.table = list(arrays), addresses(arrays)
             self.counts = np.array([a.size for a in arrays], dtype=np.int64)
         return self.table, self.counts
+
+
+def update_many(rule, columns, caches, scalars, flags):
+    """SGD or Adam (``rule`` "sgd" / "adam") of every parameter in one call
+    (kernels/cpu/solver_ops.cpp): ``columns`` the lists of the parameters'
+    data, diff, history (and Adam's second history), each with its
+    :class:`ArraySet` in ``caches``; ``scalars`` (per parameter, the
+    dtype's) and ``flags`` (intc) as lg_<rule>_update_many takes them."""
+    tables = [cache.addresses(c) for cache, c in zip(caches, columns)]
+    counts = tables[0][1]
+    fn = getattr(library(), f"lg_{rule}_update_many_{_SUFFIX[columns[0][0].dtype]}")
+    fn(len(columns[0]), *[t.ctypes.data for t, _ in tables], counts.ctypes.data,
+       scalars.ctypes.data, flags.ctypes.data)
 
 
 def zero_many(arrays, cache):

@@ -314,6 +314,7 @@ class Net:
         self.layer_need_backward = []
         self.loss_weights = []          # per layer: list of (top index, weight)
         self.learnable_params = []      # unique learnable Blobs, in order
+        self._zeroing = None            # their diffs' addresses (clear_param_diffs)
         self.params_lr = []
         self.params_weight_decay = []
         self._param_owner = {}          # ParamSpec name -> (blob, spec)
@@ -694,7 +695,7 @@ class Net:
             diffs = [blob._diff for blob in params]
             if (all(d is not None and d.dtype == diffs[0].dtype and d.flags.c_contiguous
                     for d in diffs) and cpu_kernels.available(diffs[0].dtype)):
-                if getattr(self, "_zeroing", None) is None:
+                if self._zeroing is None:
                     self._zeroing = cpu_kernels.ArraySet()
                 cpu_kernels.zero_many(diffs, self._zeroing)
                 return

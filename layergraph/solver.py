@@ -500,29 +500,21 @@ class Solver:
         """SGD and Adam on the CPU through the compiled one-pass loops
         (kernels/cpu/solver_ops.cpp: the same float32 operations in the same
         order as compute_update, so the same bits); False where they do not
-        apply (another solver type or backend, no compiler,
-        LAYERGRAPH_CPU_KERNELS=0) -- the NumPy path then runs."""
+        apply (another solver type or backend, parameters of more than one
+        dtype, no compiler, LAYERGRAPH_CPU_KERNELS=0) -- the NumPy path then
+        runs.  Every parameter is updated in one call."""
         params = self.net.learnable_params
         if self._fused is None:
             from . import cpu_kernels
             self._fused = (self.type in ("SGD", "Adam") and self.net.xp is np and bool(params)
-                           and all(cpu_kernels.available(b.dtype) for b in params))
+                           and len({b.dtype for b in params}) == 1
+                           and cpu_kernels.available(params[0].dtype))
         if not self._fused:
             return False
         from . import cpu_kernels
         p, n = self.param, len(params)
         todo = [i for i in range(n) if self.net.params_lr[i] != 0]
         if not todo:
-            return True
-        dtype = params[todo[0]].dtype
-        if any(params[i].dtype != dtype for i in todo):   # one call per parameter
-            for i in todo:
-                arrays = [params[i].data, params[i].diff, self.history[i]]
-                if self.type == "Adam":
-                    arrays.append(self.history[i + n])
-                cpu_kernels.call(f"{self.type.lower()}_update", dtype, *arrays,
-                                 params[i].count, 1.0 / p.iter_size, int(p.iter_size > 1),
-                                 *self._regularization(i), *self._rule(i, rate))
             return True
         # every parameter in one call: its scalars and flags side by side
         scalars, flags = [], []
@@ -536,14 +528,9 @@ class Solver:
                    [self.history[i] for i in todo]]
         if self.type == "Adam":
             columns.append([self.history[i + n] for i in todo])
-        tables = [s.addresses(c) for s, c in zip(self._fused_sets, columns)]
-        counts = tables[0][1]
-        scalars = np.array(scalars, dtype=dtype)
-        flags = np.array(flags, dtype=np.intc)
-        fn = getattr(cpu_kernels.library(),
-                     f"lg_{self.type.lower()}_update_many_{cpu_kernels.suffix(dtype)}")
-        fn(len(todo), *[t.ctypes.data for t, _ in tables], counts.ctypes.data,
-           scalars.ctypes.data, flags.ctypes.data)
+        cpu_kernels.update_many(self.type.lower(), columns, self._fused_sets,
+                                np.array(scalars, dtype=params[todo[0]].dtype),
+                                np.array(flags, dtype=np.intc))
         return True
 
     def _update_groups(self):

@@ -107,8 +107,6 @@ extern "C" void lg_set_sgemm(void* fn, int ilp64) {
   g_ilp64 = ilp64;
 }
 
-extern "C" int lg_has_sgemm() { return g_sgemm != nullptr; }
-
 // Convolution forward: part p is images [first[p], first[p] + count[p]).
 // Direct (`direct` != 0; one group, see lg_direct_conv_f32): wide[p] is its
 // scratch.  Otherwise col[p] (C*kh*kw, count*P) and out[p] (O, count*P).

@@ -72,35 +72,14 @@ __attribute__((noinline)) void adam_items(T* __restrict__ w, T* __restrict__ dif
 // parallel_for's min_items): biases and small layers are not worth a wake-up.
 #define LG_UPDATE_MIN_ITEMS 32768
 
-// Arguments after the scalars of regularisation: the rule's, in the order
-// Solver._rule gives them (the GPU kernels' order too).
-#define LG_SOLVER_OPS(T, SUFFIX)                                                              \
-  extern "C" void lg_sgd_update_##SUFFIX(T* w, T* diff, T* h, i64 n, T iter_scale, int scale,  \
-                                         int reg, T decay, T lr, T momentum) {                \
-    parallel_for(n, [=](i64 b, i64 e) {                                                       \
-      sgd_items<T>(w, diff, h, b, e, iter_scale, scale, reg, decay, lr, momentum);            \
-    }, LG_UPDATE_MIN_ITEMS);                                                                  \
-  }                                                                                           \
-  extern "C" void lg_adam_update_##SUFFIX(T* w, T* diff, T* h, T* h2, i64 n, T iter_scale,    \
-                                          int scale, int reg, T decay, T lr_c, T b1, T c1,    \
-                                          T b2, T c2, T delta) {                              \
-    parallel_for(n, [=](i64 b, i64 e) {                                                       \
-      adam_items<T>(w, diff, h, h2, b, e, iter_scale, scale, reg, decay, lr_c, b1, c1, b2,    \
-                    c2, delta);                                                               \
-    }, LG_UPDATE_MIN_ITEMS);                                                                  \
-  }
-
-LG_SOLVER_OPS(float, f32)
-LG_SOLVER_OPS(double, f64)
-
-// Every parameter's update in one call: params arrays of per-parameter
-// pointers and sizes; scalars per parameter (SGD: iter_scale, decay, lr,
-// momentum; Adam: iter_scale, decay, lr_c, b1, c1, b2, c2, delta) and
-// flags (scale, reg).  The values of all the parameters, end to end, are
-// cut into one share per thread (one share under LG_UPDATE_MIN_ITEMS per
-// thread), so a step's update is one wake-up of the threads instead of one
-// per large parameter plus a Python call per parameter.  Elementwise: the
-// same bits as the one-parameter calls.
+// Every parameter's update in one call: arrays of per-parameter pointers
+// and sizes; scalars per parameter (SGD: iter_scale, decay, lr, momentum;
+// Adam: iter_scale, decay, lr_c, b1, c1, b2, c2, delta -- the rule's in the
+// order Solver._rule gives them, the GPU kernels' order too) and flags
+// (scale, reg).  The values of all the parameters, end to end, are cut into
+// one share per thread (one share under LG_UPDATE_MIN_ITEMS per thread), so
+// a step's update is one wake-up of the threads, not one per large
+// parameter plus a Python call per parameter.
 namespace {
 
 template <typename Body>

@@ -59,6 +59,7 @@ class InnerProduct(Layer):
             self.blobs.append(self.make_blob((self.num_output,), p.bias_filler))
         self._ones = None  # kernel path: (1, M) ones for the bias gradient GEMM
         self._dw = None    # NumPy path: the weight gradient of one pass, reused
+        self._split_key = None   # what reshape decided the batch split for
 
     def _axis(self, blob):
         axis = self.param.inner_product_param.axis
@@ -78,22 +79,26 @@ class InnerProduct(Layer):
         self.rows = bottom[0].count_range(0, self.axis)
         top[0].reshape(bottom[0].shape[:self.axis] + (self.num_output,))
         key = (self.rows, k, cpu_kernels.batch_threads(), cpu_kernels.available(self.dtype))
-        if key == getattr(self, "_split_key", None):   # the split below is decided
+        if key == self._split_key:   # the split below is decided
             return
         self._split_key = key
         self._parts = self._out_parts = None
         # compiled-loop CPU path: skip all-zero rows of dy in backward, and
-        # split the work over the cores when there is enough of it
+        # split the work over the cores when there is enough of it -- the
+        # split pass in one call where it can (cpu_kernels.native_parts)
         self._skips = (self.xp is np and not self.use_kernels and not self.transpose
                        and cpu_kernels.available(self.dtype))
+        self._native = False
         if self._skips and self.rows * k * self.num_output >= SPLIT_WORK:
             parts = cpu_kernels.batch_parts(self.rows)
             if len(parts) > 1:
                 self._parts = parts
                 self._out_parts = cpu_kernels.batch_parts(self.num_output)
+                self._native = cpu_kernels.native_parts(self.dtype)
                 n = max(len(parts), len(self._out_parts))
-                self._native_bounds = (self._bounds(self._out_parts) + self._bounds(
-                    self._out_parts, n) + self._bounds(parts, n))
+                # (output-unit begins/ends; backward's, padded to n, and row ones)
+                self._forward_bounds = self._bounds(self._out_parts)
+                self._backward_bounds = self._bounds(self._out_parts, n) + self._bounds(parts, n)
 
     # ------------------------------------------------------------- forward --
     def forward(self, bottom, top):
@@ -101,8 +106,8 @@ class InnerProduct(Layer):
         w = self.blobs[0].data
         y = top[0].data.reshape(self.rows, self.num_output)
         if self._parts is not None and x.flags.c_contiguous and y.flags.c_contiguous:
-            if cpu_kernels.native_parts(self.dtype):   # the parts in one call
-                lo, hi = self._native_bounds[:2]
+            if self._native:   # the parts in one call
+                lo, hi = self._forward_bounds
                 cpu_kernels.ip_forward_parts(x, w, self.blobs[1].data if self.bias_term else None,
                                              lo, hi, y)
                 return
@@ -199,9 +204,9 @@ class InnerProduct(Layer):
         b_diff = self.blobs[1].diff if self.bias_term else None
         dx2 = dx.reshape(len(x), -1) if propagate and dx.flags.c_contiguous else None
 
-        if cpu_kernels.native_parts(self.dtype) and (dx2 is not None or not propagate):
+        if self._native and (dx2 is not None or not propagate):
             if parts is self._parts:                    # the parts in one call
-                out_lo, out_hi, row_lo, row_hi = self._native_bounds[2:]
+                out_lo, out_hi, row_lo, row_hi = self._backward_bounds
             else:
                 n = max(len(parts), len(self._out_parts))
                 out_lo, out_hi = self._bounds(self._out_parts, n)
