@@ -83,9 +83,16 @@ def _threads():
 
 def _build():
     from .kernels import kernel_dir
-    paths = [os.path.join(kernel_dir(), name) for name in SOURCES]
+    return load(compile_sources(kernel_dir()))
+
+
+def compile_sources(root):
+    """Compile the loops of ``root`` (a kernels/ folder) into the cache,
+    once per content of the sources and flags; returns the library's path.
+    (benchmarks/ab_kernels.py compiles another revision's this way.)"""
+    paths = [os.path.join(root, name) for name in SOURCES]
     sources = []
-    for path in paths + [os.path.join(kernel_dir(), name) for name in HEADERS]:
+    for path in paths + [os.path.join(root, name) for name in HEADERS]:
         with open(path, encoding="utf-8") as f:
             sources.append(f.read())
     compiler = os.environ.get("CXX", "g++")
@@ -107,6 +114,11 @@ def _build():
                 raise RuntimeError(f"kernels/cpu did not compile: {first}")
             os.replace(tmp_lib, f"{lib_path}.{os.getpid()}")
             os.replace(f"{lib_path}.{os.getpid()}", lib_path)
+    return lib_path
+
+
+def load(lib_path):
+    """The compiled loops at ``lib_path``, their signatures declared."""
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     os.environ.setdefault("GOMP_SPINCOUNT", "30000")   # (libgomp: g++'s OpenMP)
     lib = ctypes.CDLL(lib_path)

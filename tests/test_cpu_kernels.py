@@ -506,6 +506,7 @@ def test_row_hash_matches_the_numpy_twin():
     ("num_output: 13 kernel_size: 3", (5, 3, 9, 11), True),            # 8 + 5 channels, RGB
     ("num_output: 9 kernel_h: 2 kernel_w: 3", (3, 2, 6, 7), True),
     ("num_output: 3 kernel_size: 1", (2, 4, 1, 1), True),              # a 1x1 plane
+    ("num_output: 7 kernel_size: 4", (3, 2, 30, 19), True),            # tiles and their rests
     ("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 6, 6), False),      # padding: columns
     ("num_output: 4 kernel_size: 5", (2, 3, 9, 9), False),             # 75 values per window
 ])
@@ -524,6 +525,18 @@ def test_direct_convolution_matches_numpy(param, shape, direct, threads, monkeyp
     for propagate in ([True], [False]):   # [False]: the weight gradient without columns
         compare_backends(_conv(param), [x], backend="cpu", reference="numpy", iterations=2,
                          propagate=propagate, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_sources_is_the_loaded_library():
+    """compile_sources + load (benchmarks/ab_kernels.py builds a second
+    revision's loops this way) give the library the layers use: the same
+    cached file for the same sources."""
+    from layergraph.kernels import kernel_dir
+    if cpu_kernels.library() is None:
+        pytest.skip("no compiled loops here")
+    path = cpu_kernels.compile_sources(kernel_dir())
+    assert path == cpu_kernels.library()._name
+    assert cpu_kernels.load(path).lg_get_threads() >= 1
 
 
 def test_direct_convolution_refuses_large_windows():

@@ -519,31 +519,68 @@ inline int tap_offsets(int channels, int height, int width, int kh, int kw, int*
 }
 
 // block(std::integral_constant<int, B>, o) over the output channels: blocks
-// of 8 (8 vector accumulators), then one block of the rest
+// of 4, then one block of the rest
 template <typename Block>
 inline void channel_blocks(int out_ch, const Block& block) {
   int o = 0;
-  for (; o + 8 <= out_ch; o += 8) block(std::integral_constant<int, 8>(), o);
+  for (; o + 4 <= out_ch; o += 4) block(std::integral_constant<int, 4>(), o);
   switch (out_ch - o) {
 #define LG_TAIL(B) case B: block(std::integral_constant<int, B>(), o); break;
-    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4) LG_TAIL(5) LG_TAIL(6) LG_TAIL(7)
+    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3)
 #undef LG_TAIL
     default: break;
   }
+}
+
+// OB output channels by PB whole 16-position chunks from position p, every
+// tap inside the image: OB * PB accumulators, per tap PB loads of x and OB
+// broadcasts of a weight for OB * PB multiply-adds.  Each output adds the
+// bias and then the taps in order, as the one-chunk loop below does.
+template <int OB, int PB>
+__attribute__((target("avx512f"))) inline void direct_conv_tile(
+    const float* x, const int* off, int taps, const float* wb, const float* bias, int o0, i64 p,
+    i64 wide_plane, float* wide) {
+  __m512 acc[OB][PB];
+#pragma GCC unroll 8
+  for (int b = 0; b < OB; ++b)
+#pragma GCC unroll 8
+    for (int q = 0; q < PB; ++q) acc[b][q] = _mm512_set1_ps(bias ? bias[o0 + b] : 0.0f);
+  const float* xp = x + p;
+  for (int k = 0; k < taps; ++k) {
+    __m512 xv[PB];
+#pragma GCC unroll 8
+    for (int q = 0; q < PB; ++q) xv[q] = _mm512_loadu_ps(xp + off[k] + q * 16);
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b) {
+      const __m512 wv = _mm512_set1_ps(wb[(i64)b * taps + k]);
+#pragma GCC unroll 8
+      for (int q = 0; q < PB; ++q) acc[b][q] = _mm512_fmadd_ps(wv, xv[q], acc[b][q]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int b = 0; b < OB; ++b)
+#pragma GCC unroll 8
+    for (int q = 0; q < PB; ++q)
+      _mm512_storeu_ps(wide + (i64)(o0 + b) * wide_plane + p + q * 16, acc[b][q]);
 }
 
 template <int OB>
 __attribute__((target("avx512f"))) void direct_conv_block(
     const float* x, i64 limit, const int* off, int taps, const float* w, const float* bias,
     int o0, i64 wide_plane, float* wide) {
+  constexpr int PB = 5;   // chunks per tile: 4 x 5 accumulators
   const __mmask16 all = 0xFFFF;
-  for (i64 p = 0; p < wide_plane; p += 16) {
+  const float* wb = w + (i64)o0 * taps;
+  i64 p = 0;
+  for (; p + PB * 16 <= wide_plane && p + (PB - 1) * 16 + off[taps - 1] + 16 <= limit;
+       p += PB * 16)
+    direct_conv_tile<OB, PB>(x, off, taps, wb, bias, o0, p, wide_plane, wide);
+  for (; p < wide_plane; p += 16) {   // the rest one chunk at a time
     __m512 acc[OB];
 #pragma GCC unroll 8
     for (int b = 0; b < OB; ++b) acc[b] = _mm512_set1_ps(bias ? bias[o0 + b] : 0.0f);
     const i64 lanes = std::min<i64>(16, wide_plane - p);
     const __mmask16 valid = lanes == 16 ? all : (__mmask16)((1u << lanes) - 1);
-    const float* wb = w + (i64)o0 * taps;
     if (valid == all && p + off[taps - 1] + 16 <= limit) {   // every tap inside the image
       const float* xp = x + p;
       for (int k = 0; k < taps; ++k) {
@@ -579,36 +616,79 @@ __attribute__((target("avx512f"))) void direct_conv_image(
   channel_blocks(out_ch, [&](auto ob, int o) {
     direct_conv_block<decltype(ob)::value>(x, limit, off, taps, w, bias, o, wide_plane, wide);
   });
-  for (int oc = 0; oc < out_ch; ++oc)
-    for (int r = 0; r < ho; ++r)
-      std::memcpy(y + ((i64)oc * ho + r) * wo, wide + (i64)oc * wide_plane + (i64)r * width,
-                  sizeof(float) * wo);
+  for (int oc = 0; oc < out_ch; ++oc)   // the wide plane's first wo columns
+    for (int r = 0; r < ho; ++r) {
+      const float* src = wide + (i64)oc * wide_plane + (i64)r * width;
+      float* dst = y + ((i64)oc * ho + r) * wo;
+      for (int s = 0; s < wo; s += 16) {
+        const __mmask16 m = wo - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (wo - s)) - 1);
+        _mm512_mask_storeu_ps(dst + s, m, _mm512_maskz_loadu_ps(m, src + s));
+      }
+    }
 }
 
 // The weight gradient without columns: acc[o, k, :] += dy_wide[o, p..p+16) *
-// x[p + off_k ..] over the wide plane's 16-position chunks, one tap at a time
-// for OB output channels (one load of x, OB loads of dy, OB multiply-adds).
-// `acc` holds 16 partial sums per weight, summed by the caller; `dyw` is the
-// image's dy laid out on the wide plane (zero past column wo and past the
-// plane, padded to whole chunks), so only x's loads need masks.
-template <int OB>
-__attribute__((target("avx512f"))) void direct_dw_block(
+// x[p + off_k ..] over the wide plane's 16-position chunks, for a tile of
+// OB output channels by KT taps held in OB * KT vector accumulators: per
+// chunk OB loads of dy and KT (masked) loads of x feed OB * KT
+// multiply-adds.  Each accumulator still adds its chunks in order, so the
+// sums are those of one tap at a time, bit for bit.  `acc` holds 16
+// partial sums per weight, summed by the caller; `dyw` is the image's dy
+// laid out on the wide plane (zero past column wo and past the plane,
+// padded to whole chunks), so only x's loads need masks.
+template <int OB, int KT>
+__attribute__((target("avx512f"))) void direct_dw_tile(
     const float* x, const __mmask16* masks, const int* off, int taps, const float* dyw,
-    int o0, i64 chunks, i64 padded_plane, float* acc) {
-  for (int k = 0; k < taps; ++k) {
-    __m512 a[OB];
+    int o0, int k0, i64 chunks, i64 padded_plane, float* acc) {
+  __m512 a[OB][KT];
 #pragma GCC unroll 8
-    for (int b = 0; b < OB; ++b) a[b] = _mm512_loadu_ps(acc + ((i64)(o0 + b) * taps + k) * 16);
-    const float* xk = x + off[k];
-    for (i64 c = 0; c < chunks; ++c) {
-      const __m512 xv = _mm512_maskz_loadu_ps(masks[c * 64 + k], xk + c * 16);
+  for (int b = 0; b < OB; ++b)
 #pragma GCC unroll 8
-      for (int b = 0; b < OB; ++b)
-        a[b] = _mm512_fmadd_ps(_mm512_loadu_ps(dyw + (i64)(o0 + b) * padded_plane + c * 16), xv,
-                               a[b]);
+    for (int t = 0; t < KT; ++t)
+      a[b][t] = _mm512_loadu_ps(acc + ((i64)(o0 + b) * taps + k0 + t) * 16);
+  const float* xk[KT];
+#pragma GCC unroll 8
+  for (int t = 0; t < KT; ++t) xk[t] = x + off[k0 + t];
+  for (i64 c = 0; c < chunks; ++c) {
+    __m512 d[OB];
+#pragma GCC unroll 8
+    for (int b = 0; b < OB; ++b) d[b] = _mm512_loadu_ps(dyw + (i64)(o0 + b) * padded_plane + c * 16);
+#pragma GCC unroll 8
+    for (int t = 0; t < KT; ++t) {
+      const __m512 xv = _mm512_maskz_loadu_ps(masks[c * 64 + k0 + t], xk[t] + c * 16);
+#pragma GCC unroll 8
+      for (int b = 0; b < OB; ++b) a[b][t] = _mm512_fmadd_ps(d[b], xv, a[b][t]);
     }
+  }
 #pragma GCC unroll 8
-    for (int b = 0; b < OB; ++b) _mm512_storeu_ps(acc + ((i64)(o0 + b) * taps + k) * 16, a[b]);
+  for (int b = 0; b < OB; ++b)
+#pragma GCC unroll 8
+    for (int t = 0; t < KT; ++t)
+      _mm512_storeu_ps(acc + ((i64)(o0 + b) * taps + k0 + t) * 16, a[b][t]);
+}
+
+// tile(std::integral_constant<int, OB>, std::integral_constant<int, KT>,
+// o, k) over output channels by taps: tiles of 4 x 5 (20 accumulators, 4
+// loads of dy and 5 of x), then the channels' and the taps' rest
+template <typename Tile>
+inline void dw_tiles(int out_ch, int taps, const Tile& tile) {
+  auto taps_of = [&](auto ob, int o) {
+    int k = 0;
+    for (; k + 5 <= taps; k += 5) tile(ob, std::integral_constant<int, 5>(), o, k);
+    switch (taps - k) {
+#define LG_TAIL(T) case T: tile(ob, std::integral_constant<int, T>(), o, k); break;
+      LG_TAIL(1) LG_TAIL(2) LG_TAIL(3) LG_TAIL(4)
+#undef LG_TAIL
+      default: break;
+    }
+  };
+  int o = 0;
+  for (; o + 4 <= out_ch; o += 4) taps_of(std::integral_constant<int, 4>(), o);
+  switch (out_ch - o) {
+#define LG_TAIL(B) case B: taps_of(std::integral_constant<int, B>(), o); break;
+    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3)
+#undef LG_TAIL
+    default: break;
   }
 }
 
@@ -617,23 +697,23 @@ __attribute__((target("avx512f"))) void direct_dw_image(
     int wo, const __mmask16* masks, float* dyw, float* acc, double* dbias) {
   const i64 wide_plane = (i64)ho * width;
   const i64 chunks = (wide_plane + 15) / 16, padded = chunks * 16;
-  for (int o = 0; o < out_ch; ++o) {
+  for (int o = 0; o < out_ch; ++o) {   // dy's rows onto the wide plane, and their sum
     float* row = dyw + (i64)o * padded;
     std::memset(row, 0, sizeof(float) * padded);
     const float* src = dy + (i64)o * ho * wo;
-    double total = 0.0;
-    for (int r = 0; r < ho; ++r) {
-      float part = 0.0f;
-      for (int s = 0; s < wo; ++s) {
-        row[(i64)r * width + s] = src[(i64)r * wo + s];
-        part += src[(i64)r * wo + s];
+    __m512 sum[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int r = 0; r < ho; ++r)
+      for (int s = 0; s < wo; s += 16) {
+        const __mmask16 m = wo - s >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (wo - s)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, src + (i64)r * wo + s);
+        _mm512_mask_storeu_ps(row + (i64)r * width + s, m, v);
+        sum[r & 1] = _mm512_add_ps(sum[r & 1], v);
       }
-      total += part;
-    }
-    if (dbias) dbias[o] += total;
+    if (dbias) dbias[o] += (double)_mm512_reduce_add_ps(_mm512_add_ps(sum[0], sum[1]));
   }
-  channel_blocks(out_ch, [&](auto ob, int o) {
-    direct_dw_block<decltype(ob)::value>(x, masks, off, taps, dyw, o, chunks, padded, acc);
+  dw_tiles(out_ch, taps, [&](auto ob, auto kt, int o, int k) {
+    direct_dw_tile<decltype(ob)::value, decltype(kt)::value>(x, masks, off, taps, dyw, o, k,
+                                                             chunks, padded, acc);
   });
 }
 
@@ -643,7 +723,8 @@ __attribute__((target("avx512f"))) void direct_dw_image(
 // The weight (and bias) gradient of a direct convolution, for the images
 // index[0..count) of x and dy (index null: images 0..count), on one thread:
 // acc (O, C*kh*kw, 16) += the partial sums (the caller adds the 16 lanes),
-// dbias (O, double; null: none) += dy's sums.  Scratch: dyw of O * (ho * W
+// dbias (O, double; null: none) += dy's sums (each image's in 16 float
+// lanes, then added in double).  Scratch: dyw of O * (ho * W
 // rounded up to 16) floats, masks of ceil(ho * W / 16) * 64 entries.
 extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64* index,
                                       i64 count, int channels, int height, int width,
@@ -658,15 +739,18 @@ extern "C" void lg_direct_conv_dw_f32(const float* x, const float* dy, const i64
   // per chunk and tap: the lanes inside the plane, on a column < wo, and
   // inside the image (the plane's last taps would read past it)
   __mmask16* m = static_cast<__mmask16*>(masks);
-  for (i64 c = 0; c < chunks; ++c)
-    for (int k = 0; k < taps; ++k) {
-      unsigned bits = 0;
-      for (int l = 0; l < 16; ++l) {
-        const i64 p = c * 16 + l;
-        if (p < wide_plane && p % width < wo && p + off[k] < limit) bits |= 1u << l;
-      }
-      m[c * 64 + k] = (__mmask16)bits;
+  for (i64 c = 0; c < chunks; ++c) {
+    unsigned inside = 0;   // the chunk's lanes on the plane and on a column < wo
+    for (int l = 0; l < 16; ++l) {
+      const i64 p = c * 16 + l;
+      if (p < wide_plane && p % width < wo) inside |= 1u << l;
     }
+    for (int k = 0; k < taps; ++k) {   // and reading inside the image
+      const i64 readable = limit - (c * 16 + off[k]);
+      m[c * 64 + k] = (__mmask16)(readable >= 16 ? inside
+                                  : readable <= 0 ? 0u : inside & ((1u << readable) - 1));
+    }
+  }
   for (i64 k = 0; k < count; ++k) {
     const i64 img = index ? index[k] : k;
     direct_dw_image(x + img * channels * height * width, dy + img * (i64)out_ch * ho * wo, off,
