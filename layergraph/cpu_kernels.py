@@ -145,7 +145,7 @@ def load(lib_path):
     lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 6 + [_INT]
                                                + [_PTR] * 5 + [_I64, _I64, _PTR, _PTR])
     lib.lg_ip_forward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 3
-    lib.lg_ip_backward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 8
+    lib.lg_ip_backward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 7
     lib.lg_direct_conv_dw_parts_f32.argtypes = [_PTR, _PTR, _INT] + [_PTR] * 10
     for name in ("conv_forward", "conv_backward", "ip_forward", "ip_backward",
                  "direct_conv_dw"):
@@ -647,16 +647,17 @@ def ip_forward_parts(x, w, bias, out_lo, out_hi, y):
                                           y.ctypes.data)
 
 
-def ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw_buf, w_diff, b_diff, dx):
+def ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, w_diff, b_diff, dx):
     """InnerProduct backward by parts (lg_ip_backward_parts_f32): rows
-    out_lo..out_hi of dw (and db), rows row_lo..row_hi of dx (None: no dx)."""
-    _contiguous(dy, x, w, dw_buf, w_diff, b_diff, dx)
+    out_lo..out_hi of dw (and db) added into w_diff (b_diff), rows
+    row_lo..row_hi of dx (None: no dx)."""
+    _contiguous(dy, x, w, w_diff, b_diff, dx)
     (m, k), o = x.shape, w.shape[0]
     with one_blas_thread():
         library().lg_ip_backward_parts_f32(
             dy.ctypes.data, x.ctypes.data, w.ctypes.data, m, k, o, len(out_lo),
             out_lo.ctypes.data, out_hi.ctypes.data, row_lo.ctypes.data, row_hi.ctypes.data,
-            dw_buf.ctypes.data, w_diff.ctypes.data, _ptr(b_diff), _ptr(dx))
+            w_diff.ctypes.data, _ptr(b_diff), _ptr(dx))
 
 
 def direct_conv_dw_parts(x, dy, first, count, index, gradients, w_diff, b_diff):

@@ -658,6 +658,22 @@ def test_inner_product_native_parts_match_the_thread_pool(threads, propagate, bi
             np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.skipif(not cpu_kernels.native_parts(np.float32), reason="no sgemm found")
+def test_inner_product_native_parts_on_a_large_batch(monkeypatch):
+    """The one-call pass adds dw into the diff inside the product: beyond
+    the BLAS's K block (more batch rows than 384 in OpenBLAS) the sums are
+    the thread pool's to float32 rounding rather than bit for bit."""
+    spec = ('type: "InnerProduct" inner_product_param { num_output: 40 '
+            'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "uniform" } }')
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((1000, 300)).astype(np.float32)
+    diffs = [rng.standard_normal((1000, 40)).astype(np.float32) for _ in range(2)]
+    native, pool = _pass_both_ways(spec, x, diffs, True, "2", monkeypatch, split_work=1)
+    for a, b in zip(native, pool):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-4)
+
+
 def test_native_parts_follow_the_environment(monkeypatch):
     monkeypatch.setenv("LAYERGRAPH_NATIVE_PARTS", "0")
     assert not cpu_kernels.native_parts(np.float32)

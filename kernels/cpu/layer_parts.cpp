@@ -251,24 +251,29 @@ extern "C" void lg_ip_forward_parts_f32(const float* x, const float* w, const fl
   }, [](int, int) {});
 }
 
-// InnerProduct backward: part p computes rows [out_lo[p], out_hi[p]) of
-// dw = dy^T x into dw_buf and adds them to w_diff, the same entries of
-// b_diff += dy's column sums (b_diff null: none), and rows [row_lo[p],
-// row_hi[p]) of dx = dy w (dx null: none).
+// InnerProduct backward: part p adds rows [out_lo[p], out_hi[p]) of dw =
+// dy^T x to w_diff in the product itself (the sgemm's beta = 1: no
+// weight-sized buffer to write, read and add), the same entries of b_diff
+// += dy's column sums (b_diff null: none), and computes rows [row_lo[p],
+// row_hi[p]) of dx = dy w (dx null: none).  The sums are the thread
+// pool's (product, then add) bit for bit while the batch's rows fit one
+// of the BLAS's K blocks (384 in OpenBLAS's SkylakeX sgemm), else to
+// float32 rounding.
 extern "C" void lg_ip_backward_parts_f32(const float* dy, const float* x, const float* w, i64 m,
                                          i64 k, i64 o, int parts, const i64* out_lo,
                                          const i64* out_hi, const i64* row_lo, const i64* row_hi,
-                                         float* dw_buf, float* w_diff, float* b_diff, float* dx) {
+                                         float* w_diff, float* b_diff, float* dx) {
   run_parts(parts, [&](int p) {
     const i64 a = out_lo[p], b = out_hi[p];
     if (b > a) {
-      gemm(true, false, b - a, k, m, dy + a, o, x, k, dw_buf + a * k, k);
-      for (i64 i = a * k; i < b * k; ++i) w_diff[i] += dw_buf[i];
-      if (b_diff)
-        for (i64 j = a; j < b; ++j) {
-          float total = 0.f;
-          for (i64 r = 0; r < m; ++r) total += dy[r * o + j];
-          b_diff[j] += total;
+      gemm(true, false, b - a, k, m, dy + a, o, x, k, w_diff + a * k, k, true);
+      if (b_diff)   // dy's column sums, 256 columns side by side, each row after row
+        for (i64 j0 = a; j0 < b; j0 += 256) {
+          const i64 n = b - j0 < 256 ? b - j0 : 256;
+          float total[256] = {};
+          for (i64 r = 0; r < m; ++r)
+            for (i64 j = 0; j < n; ++j) total[j] += dy[r * o + j0 + j];
+          for (i64 j = 0; j < n; ++j) b_diff[j0 + j] += total[j];
         }
     }
     if (dx && row_hi[p] > row_lo[p])

@@ -134,8 +134,6 @@ class InnerProduct(Layer):
         if self.use_kernels:
             self._backward_gemms(dy, x, propagate_down[0], bottom[0].diff)
             return
-        if self._dw is None:
-            self._dw = xp.empty(weight.shape, dtype=self.dtype)
         # rows of the batch: a zero top gradient row gives a zero bottom one
         # (only with a bottom gradient to describe)
         propagate = propagate_down[0]
@@ -152,9 +150,9 @@ class InnerProduct(Layer):
             self._backward_parts(dy, x, propagate_down[0], bottom[0].diff)
             return
         if self.transpose:
-            xp.dot(x.T, dy, out=self._dw)
+            xp.dot(x.T, dy, out=self._weight_buffer())
         else:
-            xp.dot(dy.T, x, out=self._dw)
+            xp.dot(dy.T, x, out=self._weight_buffer())
         weight.diff += self._dw
         if self.bias_term:
             self.blobs[1].diff += dy.sum(axis=0)
@@ -186,7 +184,7 @@ class InnerProduct(Layer):
             if propagate:
                 dx.reshape(self.rows, -1)[active] = dxa
             return
-        np.dot(dya.T, xa, out=self._dw)   # (no fresh weight-sized temporary per step)
+        np.dot(dya.T, xa, out=self._weight_buffer())   # (no fresh temporary per step)
         w_diff += self._dw
         if b_diff is not None:
             b_diff += dya.sum(axis=0)
@@ -200,7 +198,7 @@ class InnerProduct(Layer):
         parts = self._parts if parts is None else parts
         # Blob.diff allocates on first use: take the arrays here, not in
         # the parts (two threads allocating at once would lose a part)
-        w, dw, w_diff = self.blobs[0].data, self._dw, self.blobs[0].diff
+        w, w_diff = self.blobs[0].data, self.blobs[0].diff
         b_diff = self.blobs[1].diff if self.bias_term else None
         dx2 = dx.reshape(len(x), -1) if propagate and dx.flags.c_contiguous else None
 
@@ -211,9 +209,11 @@ class InnerProduct(Layer):
                 n = max(len(parts), len(self._out_parts))
                 out_lo, out_hi = self._bounds(self._out_parts, n)
                 row_lo, row_hi = self._bounds(parts, n)
-            cpu_kernels.ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, dw, w_diff,
+            cpu_kernels.ip_backward_parts(dy, x, w, out_lo, out_hi, row_lo, row_hi, w_diff,
                                           b_diff, dx2)
             return
+
+        dw = self._weight_buffer()
 
         def part(i):
             a, b = self._out_parts[i] if i < len(self._out_parts) else (0, 0)
@@ -228,6 +228,14 @@ class InnerProduct(Layer):
         cpu_kernels.run_parts(part, max(len(parts), len(self._out_parts)))
         if propagate and dx2 is None:  # a strided view: reshape would copy
             dx[...] = np.dot(dy, w).reshape(dx.shape)
+
+    def _weight_buffer(self):
+        """The weight gradient of one pass before it is added to the diff
+        (the NumPy and thread-pool paths; the one-call pass adds in the
+        product), made on first use and reused."""
+        if self._dw is None:
+            self._dw = self.xp.empty(self.blobs[0].shape, dtype=self.dtype)
+        return self._dw
 
     @staticmethod
     def _bounds(parts, n=None):
