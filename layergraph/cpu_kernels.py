@@ -142,7 +142,7 @@ def load(lib_path):
     lib.lg_set_sgemm.argtypes, lib.lg_set_sgemm.restype = [_PTR, _INT], None
     lib.lg_conv_forward_parts_f32.argtypes = ([_PTR] * 4 + [_INT, _PTR, _PTR, _INT] + [_PTR] * 3
                                               + [_I64, _PTR])
-    lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 6 + [_INT]
+    lib.lg_conv_backward_parts_f32.argtypes = ([_PTR] * 5 + [_INT] + [_PTR] * 7 + [_I64, _INT]
                                                + [_PTR] * 5 + [_I64, _I64, _PTR, _PTR])
     lib.lg_ip_forward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 3
     lib.lg_ip_backward_parts_f32.argtypes = [_PTR] * 3 + [_I64] * 3 + [_INT] + [_PTR] * 7
@@ -620,18 +620,20 @@ def conv_forward_parts(x, geometry, weight, bias, first, count, direct, wide, co
             col.ctypes.data, out.ctypes.data, int(chunk), y.ctypes.data)
 
 
-def conv_backward_parts(x, dy, dx, geometry, weight, first, count, index, xa, dya, dxa,
+def conv_backward_parts(x, dy, dx, geometry, weight, first, count, index, xa, dya, dxa, idle,
                         recompute, col, rows, dw_t, dbias, dcol, dcol_images, chunk, w_diff,
                         b_diff):
     """Convolution backward over the parts (lg_conv_backward_parts_f32);
     per-part buffers as :func:`addresses` (``index``, ``xa``, ``dya``,
-    ``dxa`` None when no part gathers)."""
+    ``dxa`` None when no part gathers); ``idle`` (int64 or None) the images
+    whose dx is set to zero (those no part gathers)."""
     _contiguous(x, dy, dx, weight, w_diff, b_diff)
     with one_blas_thread():
         library().lg_conv_backward_parts_f32(
             x.ctypes.data, dy.ctypes.data, _ptr(dx), geometry.ctypes.data, weight.ctypes.data,
             len(first), first.ctypes.data, count.ctypes.data, _ptr(index), _ptr(xa), _ptr(dya),
-            _ptr(dxa), int(recompute), col.ctypes.data, rows.ctypes.data, dw_t.ctypes.data,
+            _ptr(dxa), _ptr(idle), 0 if idle is None else len(idle), int(recompute),
+            col.ctypes.data, rows.ctypes.data, dw_t.ctypes.data,
             dbias.ctypes.data, dcol.ctypes.data, int(dcol_images), int(chunk), w_diff.ctypes.data,
             _ptr(b_diff))
 

@@ -144,7 +144,8 @@ extern "C" void lg_conv_forward_parts_f32(const float* x, const int* geometry, c
 // Convolution backward.  Part p holds count[p] images: images
 // [first[p], first[p] + count[p]) of x, dy and dx, or with index[p] those
 // images gathered into xa[p], dya[p] (and dx's rows into dxa[p], scattered
-// back).  recompute: the part's columns are computed here from x (a
+// back; the idle_count images idle[] that no part gathers get dx = 0, cut
+// over the parts).  recompute: the part's columns are computed here from x (a
 // gathered part, or a direct forward pass that left none); else col[p]
 // holds them from the forward pass.  rows[p] (O, count*P) takes dy,
 // dw_t[p] (g, K/g, O/g) the part's dw^T, dbias[p] (O) its bias gradient
@@ -155,7 +156,8 @@ extern "C" void lg_conv_forward_parts_f32(const float* x, const int* geometry, c
 extern "C" void lg_conv_backward_parts_f32(
     const float* x, const float* dy, float* dx, const int* geometry, const float* weight,
     int parts, const i64* first, const i64* count, const i64* const* index, float* const* xa,
-    float* const* dya, float* const* dxa, int recompute, float* const* col, float* const* rows,
+    float* const* dya, float* const* dxa, const i64* idle, i64 idle_count, int recompute,
+    float* const* col, float* const* rows,
     float* const* dw_t, float* const* dbias, float* const* dcol, i64 dcol_images, i64 chunk,
     float* w_diff, float* b_diff) {
   const Geometry geo(geometry);
@@ -166,6 +168,9 @@ extern "C" void lg_conv_backward_parts_f32(
     const float* xp = x + first[p] * in_size;
     const float* dyp = dy + first[p] * out_size;
     float* dxp = dx ? dx + first[p] * in_size : nullptr;
+    if (dx && idle)                    // (rows no part scatters to)
+      for (i64 i = idle_count * p / parts; i < idle_count * (p + 1) / parts; ++i)
+        std::memset(dx + idle[i] * in_size, 0, sizeof(float) * in_size);
     if (index && index[p]) {           // gather the part's images
       for (i64 i = 0; i < n; ++i) {
         std::memcpy(xa[p] + i * in_size, x + index[p][i] * in_size, sizeof(float) * in_size);

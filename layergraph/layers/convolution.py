@@ -423,8 +423,8 @@ class Convolution(Layer):
             jobs = [(p, p.window, *p.columns(o, dt), dy[p.lo:p.hi], dx[p.lo:p.hi],
                      (None, x[p.lo:p.hi]) if self._direct else None) for p in self._parts]
         else:
-            if propagate:
-                dx.fill(0)
+            if propagate and (not self._native or len(active) == 0):
+                dx.fill(0)   # (the one-call pass zeroes the idle images' rows itself)
             if len(active) == 0:
                 return
             jobs = self._active_jobs(x, dy, dx if propagate else None, active)
@@ -493,6 +493,7 @@ class Convolution(Layer):
         bias = self.blobs[1].diff if self.bias_term else None
         first = np.array([0 if g else job[0].lo for g, job in zip(gathers, jobs)], np.int64)
         count = np.array([job[1][0] for job in jobs], np.int64)
+        idle = None
         if any(gathers):
             # (the index arrays stay referenced here until the call returns)
             indices = [np.ascontiguousarray(job[6][0], np.int64) if g else None
@@ -501,10 +502,16 @@ class Convolution(Layer):
             xa = cpu_kernels.addresses([job[6][1] for job in jobs])
             dya = cpu_kernels.addresses([job[4] for job in jobs])
             dxa = cpu_kernels.addresses([job[5] for job in jobs]) if dx is not None else None
+            if dx is not None:   # the images no part gathers: dx = 0 in the call
+                still = np.ones(x.shape[0], bool)
+                for i in indices:
+                    if i is not None:
+                        still[i] = False
+                idle = np.flatnonzero(still).astype(np.int64)
         else:
             index = xa = dya = dxa = None
         addresses = cpu_kernels.addresses
-        args = (first, count, index, xa, dya, dxa, recompute,
+        args = (first, count, index, xa, dya, dxa, idle, recompute,
                 addresses([job[2] for job in jobs]), addresses([job[3] for job in jobs]),
                 addresses([job[0].dw_t for job in jobs]),
                 addresses([job[0].dbias for job in jobs]),
