@@ -497,6 +497,9 @@ def test_row_hash_matches_the_numpy_twin():
     np.testing.assert_array_equal(_content_hash(items), expected)
     assert expected[3] == expected[5] and len(set(expected.tolist())) == 36
     assert cpu_kernels.row_hash(items.astype(np.float64)) is None
+    for width in (1, 5, 8, 17):   # 8 elements per vector step, then the rest one by one
+        short = np.ascontiguousarray(items[:, :width])
+        np.testing.assert_array_equal(cpu_kernels.row_hash(short), _row_hash(short))
 
 
 @pytest.mark.skipif(not cpu_kernels.direct_conv_available(), reason="no AVX-512F here")

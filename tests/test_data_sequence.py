@@ -176,6 +176,30 @@ def test_reproducible_and_resumable():
             np.testing.assert_array_equal(t.data, e)
 
 
+def test_labels_find_their_cache_rows_in_order_of_first_sight():
+    """Rows go to labels in the order they are first seen, whether a batch
+    finds them through the small-label array or the dict (negative and
+    very large labels), across batches and after a restore."""
+    from layergraph.layers.data_sequence import LOOKUP_LABELS
+    big = LOOKUP_LABELS + 7
+    labels = [(5, 5, 2, 2), (2, 5, 5, 2), (-3, 2, -3, 5), (big, 9, big, 9), (9, 5, big, -3)]
+    rng = np.random.default_rng(3)
+    batches = [(rng.random((4, 1, 2, 2)), np.array(y, np.float64)) for y in labels]
+    layer, n_tops = sequence_layer("k: 1 cache_size: 4 output_labels: true", 4)
+    out = run(layer, n_tops, batches)
+    assert layer._row_labels == [5, 2, -3, big, 9]
+    assert list(layer._row_of) == [-1, -1, 1, -1, -1, 0, -1, -1, -1, 4]
+    for (_, y), tops in zip(batches, out):
+        np.testing.assert_array_equal(tops[3][:, 0], y)          # the anchors' labels
+        assert (tops[3][:, 1] == tops[3][:, 0]).all()            # positives share them
+        assert (tops[3][:, 2] != tops[3][:, 0]).all()            # negatives do not
+    restored, _ = sequence_layer("k: 1 cache_size: 4 output_labels: true", 4)
+    setup_layer(restored, list(batches[0]), n_tops)
+    restored.load_state_dict(layer.state_dict())
+    np.testing.assert_array_equal(restored._row_of, layer._row_of)
+    np.testing.assert_array_equal(restored._rows_for(np.array([9, 2, big, 5])), [4, 1, 3, 0])
+
+
 def test_parameter_errors():
     x, y = np.zeros((4, 1, 2, 2)), np.zeros(4)
     layer, _ = sequence_layer("k: 1", 3)

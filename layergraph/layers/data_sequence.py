@@ -67,6 +67,8 @@ from ..layer import Layer, register_layer
 from ._pointer_table import PointerTable, address
 
 STATE_LIMIT = 64 << 20
+#: labels below this find their cache rows through an array (see _index_rows)
+LOOKUP_LABELS = 1 << 16
 
 
 def _content_hash(items):
@@ -142,6 +144,7 @@ class DataSequenceLayer(Layer):
 
     def _reset_cache(self):
         self._rows = {}          # label -> cache row
+        self._row_of = np.zeros(0, np.int64)   # the same for small labels (_index_rows)
         self._row_labels = []    # row -> label
         self._cache = None       # (rows, cache_size, D)
         self._hash = None        # (rows, cache_size) uint64
@@ -170,6 +173,11 @@ class DataSequenceLayer(Layer):
             if outside.any():
                 raise self.error(f"label {labels[np.argmax(outside)]} is outside label_start "
                                  f"{self.label_start} .. {self.label_start + self.label_count - 1}")
+        lookup = self._row_of
+        if len(labels) and len(lookup) and labels.min() >= 0 and labels.max() < len(lookup):
+            rows = lookup[labels]
+            if rows.min() >= 0:    # every label has its row already
+                return rows
         rows = np.empty(len(labels), np.int64)
         for i, y in enumerate(labels.tolist()):
             row = self._rows.get(y)
@@ -177,6 +185,7 @@ class DataSequenceLayer(Layer):
                 row = self._rows[y] = len(self._row_labels)
                 self._row_labels.append(y)
             rows[i] = row
+        self._index_rows()
         grow = len(self._row_labels) - len(self._count)
         if grow > 0:
             xp = self.xp
@@ -187,6 +196,16 @@ class DataSequenceLayer(Layer):
             self._count = np.concatenate([self._count, np.zeros(grow, np.int64)])
             self._cursor = np.concatenate([self._cursor, np.zeros(grow, np.int64)])
         return rows
+
+    def _index_rows(self):
+        """The row of each label as an array (-1: none yet) for labels 0 ..
+        LOOKUP_LABELS - 1, so a batch of known labels finds its rows in one
+        indexing; other labels take the dict."""
+        known = [y for y in self._rows if 0 <= y < LOOKUP_LABELS]
+        lookup = np.full(max(known) + 1 if known else 0, -1, np.int64)
+        for y in known:
+            lookup[y] = self._rows[y]
+        self._row_of = lookup
 
     def _ensure_cache(self, data):
         shape = tuple(data.shape[1:])
@@ -390,6 +409,7 @@ class DataSequenceLayer(Layer):
         self._cache = self.xp.asarray(host.copy())
         self._row_labels = [int(y) for y in cache["labels"]]
         self._rows = {y: i for i, y in enumerate(self._row_labels)}
+        self._index_rows()
         self._count = np.asarray(cache["count"], np.int64)
         self._cursor = np.asarray(cache["cursor"], np.int64)
         self._item_shape = tuple(cache["item_shape"])
