@@ -41,14 +41,17 @@ layergraph / PyTorch (> 1: layergraph is faster).  Scaling: each engine's
 triplet workers after their steps.  Results go to --json (default, for a
 full run of all cases: benchmarks/results/bench_triplet.json).
 
-Scaling in one process (``--paired [--blocks 60]``): the thread counts of
+Scaling in one process (``--paired [--blocks 60] [--repeat 1]``): the thread counts of
 separate processes minutes apart see different states of a shared machine,
 and that drift can exceed the difference measured.  With --paired each
 engine and case runs in one worker that builds the step for both thread
 counts, then alternates blocks of a few steps (PAIRED_STEPS, 50-100 ms) of
 each; the figure is the median of the blocks' paired ratios, with the
 min-max (default JSON for all cases: benchmarks/results/
-bench_triplet_scaling.json).
+bench_triplet_scaling.json).  ``--repeat R`` runs R rounds of those
+workers, the two engines' workers interleaved in time (a few minutes of
+drift then reaches both alike), and pools the ratios; each round's median
+is printed beside the pooled one.
 
 PyTorch is a dev-only reference (pip install torch==2.13.0), never a
 dependency of layergraph; without it only layergraph is timed.
@@ -443,7 +446,7 @@ def report_paired(args, record, paired, engines, default_json):
     lo, hi = sorted(set(args.threads))
     print(f"\nScaling {hi}/{lo} threads, paired blocks in one process (median, min-max; "
           "images/s medians of the blocks):")
-    record["protocol"].update({"paired": True, "blocks": args.blocks,
+    record["protocol"].update({"paired": True, "blocks": args.blocks, "repeat": args.repeat,
                                "steps_per_block": {c: args.steps or PAIRED_STEPS[c]
                                                    for c in args.cases}})
     record["scaling"] = {}
@@ -453,11 +456,14 @@ def report_paired(args, record, paired, engines, default_json):
             rec = by_engine[engine]
             r = H.spread(rec["ratios"])
             rates = {t: H.spread(v)["median"] for t, v in rec["images_per_s"].items()}
-            row[engine] = {"ratio": r, "images_per_s": rates, "ratios": rec["ratios"]}
+            row[engine] = {"ratio": r, "images_per_s": rates, "ratios": rec["ratios"],
+                           "round_medians": rec.get("round_medians", [r["median"]])}
         record["scaling"][case] = row
+        rounds = (lambda e: " rounds " + "/".join(f"{m:.2f}" for m in row[e]["round_medians"])
+                  + ";" if args.repeat > 1 else "")
         cells = "   ".join(
             f"{H.ENGINE_NAMES[e]} {row[e]['ratio']['median']:.2f}x "
-            f"({row[e]['ratio']['min']:.2f}-{row[e]['ratio']['max']:.2f}; "
+            f"({row[e]['ratio']['min']:.2f}-{row[e]['ratio']['max']:.2f};{rounds(e)} "
             f"{row[e]['images_per_s'][str(lo)]:,.0f} -> {row[e]['images_per_s'][str(hi)]:,.0f})"
             for e in engines)
         print(f"  {case:<9} {cells}")
@@ -526,24 +532,38 @@ PAIRED_STEPS = {"triplet": 3, "siamese": 4, "lenet": 6, "inference": 3}
 
 
 def paired_scaling(args, engines, runs, script, progress=print):
-    """One paired worker per case and engine (engines alternating their
-    order from case to case); returns {case: {engine: record}}."""
-    out = {}
-    for k, case in enumerate(args.cases):
-        out[case] = {}
-        for engine in (engines if k % 2 == 0 else engines[::-1]):
-            extra = ["--paired", "--blocks", args.blocks]
-            if args.steps:
-                extra += ["--steps", args.steps]
-            if case in runs and engine == "layergraph":
-                extra += ["--run", runs[case]]
-            rec = H.run_worker(script, engine, case, sorted(set(args.threads)), extra)
-            out[case][engine] = rec
-            r = H.spread(rec["ratios"])
-            if progress:
-                progress(f"  {case:<9} {H.ENGINE_NAMES[engine]:<10} scaling "
-                         f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) over "
-                         f"{len(rec['ratios'])} block pairs")
+    """--repeat rounds of one paired worker per case and engine (engines
+    alternating their order from worker to worker, so both see the same
+    stretch of the machine's state); returns {case: {engine: record}}, each
+    record's blocks and ratios those of its rounds in turn, with
+    ``round_medians`` the median ratio of each round."""
+    out = {case: {} for case in args.cases}
+    turn = 0
+    for rnd in range(args.repeat):
+        for case in args.cases:
+            for engine in (engines if turn % 2 == 0 else engines[::-1]):
+                extra = ["--paired", "--blocks", args.blocks]
+                if args.steps:
+                    extra += ["--steps", args.steps]
+                if case in runs and engine == "layergraph":
+                    extra += ["--run", runs[case]]
+                rec = H.run_worker(script, engine, case, sorted(set(args.threads)), extra)
+                median = H.spread(rec["ratios"])["median"]
+                if engine not in out[case]:
+                    out[case][engine] = dict(rec, round_medians=[median])
+                else:
+                    pooled = out[case][engine]
+                    pooled["ratios"] = pooled["ratios"] + rec["ratios"]
+                    pooled["round_medians"].append(median)
+                    for t, rates in rec["images_per_s"].items():
+                        pooled["images_per_s"][t] = pooled["images_per_s"][t] + rates
+                if progress:
+                    r = H.spread(rec["ratios"])
+                    label = f" round {rnd + 1}" if args.repeat > 1 else ""
+                    progress(f"  {case:<9} {H.ENGINE_NAMES[engine]:<10} scaling "
+                             f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) over "
+                             f"{len(rec['ratios'])} block pairs{label}")
+            turn += 1
     return out
 
 
@@ -577,12 +597,15 @@ def parse(argv):
                    "process, blocks of steps alternating the counts (see paired_worker)")
     p.add_argument("--blocks", type=int, default=60,
                    help="blocks per thread count with --paired (default 60)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="with --paired: rounds of workers, the engines interleaved in time; "
+                   "the ratios of every round are pooled (default 1)")
     args = p.parse_args(argv)
     if args.engine or args.case:
         if not (args.engine and args.case) or (len(args.threads) != 1 and not args.paired):
             p.error("worker mode needs --engine, --case and one --threads value")
-    if args.paired and (len(set(args.threads)) != 2 or args.blocks < 1):
-        p.error("--paired needs two --threads counts and --blocks >= 1")
+    if args.paired and (len(set(args.threads)) != 2 or args.blocks < 1 or args.repeat < 1):
+        p.error("--paired needs two --threads counts, --blocks >= 1 and --repeat >= 1")
     if any(t < 1 for t in args.threads):
         p.error("--threads takes counts >= 1")
     if args.rounds < 1 or (args.steps is not None and args.steps < 1):

@@ -30,6 +30,20 @@ def test_paired_scaling_writes_one_ratio_per_block(tmp_path, capsys):
     assert "lenet     layergraph" in capsys.readouterr().out
 
 
+def test_paired_rounds_pool_their_ratios(tmp_path, capsys):
+    """--repeat: a worker per round, the ratios pooled, each round's median
+    kept and printed."""
+    bench = _bench()
+    record = bench.main(["--paired", "--cases", "lenet", "--engines", "layergraph",
+                         "--blocks", "2", "--steps", "1", "--warmup", "1", "--repeat", "2",
+                         "--json", str(tmp_path / "s.json")])
+    row = record["scaling"]["lenet"]["layergraph"]
+    assert len(row["ratios"]) == 4 and len(row["round_medians"]) == 2
+    assert record["protocol"]["repeat"] == 2
+    out = capsys.readouterr().out
+    assert "round 2" in out and " rounds " in out
+
+
 def test_paired_needs_two_thread_counts():
     bench = _bench()
     with pytest.raises(SystemExit):
