@@ -10,7 +10,9 @@ neighbouring blocks that saw the same state of the machine.
 Prints per thread count the median of the paired time ratios base / new
 (above 1: the working tree is faster) with their min-max, and each
 library's 2/1-thread scaling (median of the paired ratios).  Only the C++
-loops differ between the two; the Python side is the working tree's.
+loops differ between the two; the Python side is the working tree's, so
+the two revisions must declare the same C functions with the same
+arguments (a changed signature needs the A/B done before the change).
 """
 import argparse
 import os

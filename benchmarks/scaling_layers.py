@@ -39,7 +39,8 @@ import bench_triplet as B  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--case", choices=["triplet", "siamese", "lenet"], default="triplet")
+    p.add_argument("--case", choices=["triplet", "siamese", "lenet", "inference"],
+                   default="triplet")
     p.add_argument("--blocks", type=int, default=40, help="blocks per thread count")
     p.add_argument("--steps", type=int, default=3, help="steps per block")
     p.add_argument("--dataset", default="MNIST")
@@ -55,11 +56,12 @@ def main(argv=None):
         worker_args = argparse.Namespace(case=args.case, run=None, dataset=args.dataset,
                                          threads=threads)
         step, _ = B.layergraph_worker(worker_args)
-        solver = next(c.cell_contents for c in step.__closure__
-                      if type(c.cell_contents).__name__.endswith("Solver"))
+        held = {type(c.cell_contents).__name__: c.cell_contents for c in step.__closure__}
+        solver = next((v for k, v in held.items() if k.endswith("Solver")), None)
+        # inference: the deploy net alone (forward, no update)
+        built[threads] = solver or _Forward(held["Net"], step)
         for _ in range(5):
             step()
-        built[threads] = solver
     names = [layer.name for layer in built[1].net.layers]
     acc = {t: {"forward": np.zeros(len(names)), "backward": np.zeros(len(names)),
                "update": 0.0, "steps": []} for t in built}
@@ -75,6 +77,9 @@ def main(argv=None):
             a[part[0]][i] += time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(args.steps):
+            if isinstance(solver, _Forward):
+                solver.step(clock)
+                continue
             solver.net.clear_param_diffs()
             part[0] = "forward"
             solver.net.forward_prefilled(clock=clock)
@@ -100,9 +105,27 @@ def main(argv=None):
               + (f"backward {b1:6.3f} {b2:6.3f} ({b1 / b2:4.2f})" if b1 > 0.001 else ""))
     u1, u2 = (acc[t]["update"] / n * 1e3 for t in (1, 2))
     s1, s2 = (np.array(acc[t]["steps"]) * 1e3 for t in (1, 2))
-    print(f"  update {u1:.3f} {u2:.3f} ({u1 / u2:.2f}); step {np.median(s1):.2f} "
+    update = f"update {u1:.3f} {u2:.3f} ({u1 / u2:.2f}); " if u2 > 0 else ""
+    print(f"  {update}step {np.median(s1):.2f} "
           f"{np.median(s2):.2f} ms, paired scaling {np.median(s1 / s2):.2f} "
           f"({(s1 / s2).min():.2f}-{(s1 / s2).max():.2f})")
+
+
+class _Forward:
+    """The inference case in the shape of a solver: ``step(clock)`` runs the
+    deploy net's forward pass on its next batch, each layer timed."""
+
+    def __init__(self, net, step):
+        self.net = net
+        cells = {id(c.cell_contents): c.cell_contents for c in step.__closure__}
+        self.batches = next(v for v in cells.values() if isinstance(v, list) and v
+                            and isinstance(v[0], np.ndarray))
+        self.k = 0
+
+    def step(self, clock):
+        self.net.blobs[self.net.inputs[0]].data[...] = self.batches[self.k % len(self.batches)]
+        self.k += 1
+        self.net.forward_prefilled(clock=clock)
 
 
 def ceiling(args):
