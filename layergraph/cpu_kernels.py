@@ -44,7 +44,8 @@ _lock = threading.Lock()
 _library = None
 _error = None
 SOURCE = os.path.join("cpu", "window_ops.cpp")
-SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp"), os.path.join("cpu", "layer_parts.cpp")]
+SOURCES = [SOURCE, os.path.join("cpu", "solver_ops.cpp"), os.path.join("cpu", "layer_parts.cpp"),
+           os.path.join("cpu", "data_sequence.cpp")]
 HEADERS = [os.path.join("cpu", "parallel_for.h")]   # in the cache key, not compiled alone
 #: -ffp-contract=off: no fused multiply-adds, so the solver updates round as
 #: the NumPy path's separate float32 operations do (bit for bit);
@@ -134,6 +135,9 @@ def load(lib_path):
         fn = getattr(lib, f"lg_zero_many_{suffix}")
         fn.argtypes, fn.restype = [_INT, _PTR, _PTR], None
     lib.lg_row_hash_f32.argtypes, lib.lg_row_hash_f32.restype = [_PTR, _I64, _I64, _PTR], None
+    lib.lg_data_sequence_f32.argtypes = ([_I64, _I64] + [_PTR] * 3 + [_I64, _I64] + [_PTR] * 4
+                                         + [_INT, _INT, _I64] + [_PTR] * 7)
+    lib.lg_data_sequence_f32.restype = _I64
     lib.lg_direct_conv_f32.argtypes = [_PTR, _I64] + [_INT] * 8 + [_PTR] * 4
     lib.lg_direct_conv_f32.restype = None
     lib.lg_direct_conv_available.argtypes, lib.lg_direct_conv_available.restype = [], _INT
@@ -318,6 +322,38 @@ def row_hash(items):
     out = np.empty(items.shape[0], np.uint64)
     lib.lg_row_hash_f32(items.ctypes.data, items.shape[0], items.shape[1], out.ctypes.data)
     return out
+
+
+def data_sequence_step(items, hashes, rows, cache, cache_hash, count, cursor, k, balance, step,
+                       pos_keys, negatives, tops, labels_top, labels, row_labels):
+    """DataSequence's host step in one call (kernels/cpu/data_sequence.cpp):
+    the batch into the caches (``cache`` (R, cs, d), ``cache_hash``,
+    ``count``, ``cursor`` updated), the picks from the drawn keys
+    (``pos_keys`` (n, cs); ``negatives`` a (keys (n, R), u (n)) pair per
+    negative), and the tops written.  Returns 0, 1 + i when item i has no
+    positive, -(1 + i) when it has no negative.  float32 images and tops,
+    every array C-contiguous."""
+    n, d = items.shape
+    rows_, cs = cache.shape[0], cache.shape[1]
+    arrays = [items, cache] + list(tops) + ([labels_top] if labels_top is not None else [])
+    if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays):
+        raise ValueError("data_sequence_step: float32 C-contiguous images and tops")
+    if len(negatives) != max(k, 1) or len(tops) != 2 + k:
+        raise ValueError("data_sequence_step: one key pair per negative, 2 + k image tops")
+    for a, dtype in ((hashes, np.uint64), (cache_hash, np.uint64), (rows, np.int64),
+                     (count, np.int64), (cursor, np.int64), (labels, np.int64),
+                     (row_labels, np.int64), (pos_keys, np.float64)):
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError(f"data_sequence_step: {dtype.__name__} C-contiguous arrays")
+    keys = [(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(u, np.float64))
+            for a, u in negatives]   # (held until the call returns)
+    neg_keys, neg_u = addresses([a for a, _ in keys]), addresses([u for _, u in keys])
+    top_at = addresses(list(tops))
+    return int(library().lg_data_sequence_f32(
+        n, d, items.ctypes.data, hashes.ctypes.data, rows.ctypes.data, rows_, cs,
+        cache.ctypes.data, cache_hash.ctypes.data, count.ctypes.data, cursor.ctypes.data, k,
+        int(bool(balance)), step, pos_keys.ctypes.data, neg_keys.ctypes.data, neg_u.ctypes.data,
+        top_at.ctypes.data, _ptr(labels_top), labels.ctypes.data, row_labels.ctypes.data))
 
 
 # ---------------------------------------------------- skipping zero rows ----

@@ -216,3 +216,57 @@ def test_parameter_errors():
     with pytest.raises(LayerError, match="at least two labels"):
         run(layer, n_tops, [(rng.random((4, 1, 2, 2)), np.zeros(4))])
     assert not layer.has_backward
+
+
+def _both_paths(params, n_tops, batches, seed=5):
+    """Each batch through the compiled host step and through the NumPy code
+    (float32 layers, the same seed): tops per batch, the final caches'
+    state, or the error each raised."""
+    from layergraph import cpu_kernels
+    out = []
+    for native in (True, False):
+        spec = f'name: "seq" type: "DataSequence" data_sequence_param {{ {params} }}'
+        layer = make_layer(spec, seed=seed, dtype=np.float32)
+        layer._native_ok = native
+        try:
+            tops = run(layer, n_tops, [(x.astype(np.float32), y) for x, y in batches])
+        except LayerError as e:
+            tops = str(e)
+        state = (layer._cache.copy(), layer._hash.copy(), layer._count.copy(),
+                 layer._cursor.copy())
+        out.append((tops, state))
+    if cpu_kernels.library() is None:
+        pytest.skip("no compiled loops here")
+    return out
+
+
+@pytest.mark.parametrize("params,n_tops", [
+    ("k: 1 cache_size: 3 output_labels: true", 4),      # rings wrap within a batch
+    ("k: 2 cache_size: 5 output_labels: false", 4),
+    ("k: 0 cache_size: 4 balance_matches: true output_labels: true", 3),
+    ("k: 0 cache_size: 6 output_labels: false", 2),
+])
+def test_compiled_step_makes_the_numpy_choices(params, n_tops):
+    """kernels/cpu/data_sequence.cpp against the NumPy code it replaces: the
+    same tops (images and labels) bit for bit, batch after batch, and the
+    same caches, counts and cursors after."""
+    batches, _ = make_batches(7, n=13, labels=(0, 1, 2, 3, 4), shape=(1, 3, 2))
+    (native, native_state), (ref, ref_state) = _both_paths(params, n_tops, batches)
+    assert not isinstance(native, str) and not isinstance(ref, str)
+    for a, b in zip(native, ref):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    for u, v in zip(native_state, ref_state):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_compiled_step_raises_the_numpy_errors():
+    """Label 0 with two copies of one image only (no positive) and a batch
+    of one label (no negative): the same messages from both paths."""
+    rng = np.random.default_rng(4)
+    x = rng.random((4, 1, 2, 2))
+    x[3] = x[0]
+    for batches in ([(x, np.array([0., 1, 1, 0]))], [(rng.random((4, 1, 2, 2)), np.zeros(4))]):
+        (native, _), (ref, _) = _both_paths("k: 1 cache_size: 4 output_labels: false", 3,
+                                            batches)
+        assert isinstance(native, str) and native == ref

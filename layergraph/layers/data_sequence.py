@@ -62,6 +62,7 @@ import zlib
 
 import numpy as np
 
+from .. import cpu_kernels
 from ..backend import to_numpy
 from ..layer import Layer, register_layer
 from ._pointer_table import PointerTable, address
@@ -78,7 +79,6 @@ def _content_hash(items):
     Only equality matters (is the positive another image than the anchor?),
     and a snapshot's cache hashes are recomputed on load."""
     if items.dtype == np.float32 and items.ndim == 2:
-        from .. import cpu_kernels
         hashes = cpu_kernels.row_hash(items)
         return hashes if hashes is not None else _row_hash(items)
     return np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(),
@@ -139,6 +139,8 @@ class DataSequenceLayer(Layer):
                              f"output_labels={self.output_labels}; got {len(top)}")
         self._reset_cache()
         self._top_table = PointerTable(self.xp)  # kernel path: the image tops
+        #: the host step as one compiled call where it can (False: the NumPy code)
+        self._native_ok = True
         self._comm = None         # data-parallel: the workers' communicator
         self._global_tops = []    # data-parallel: the tops of the global batch
 
@@ -293,6 +295,8 @@ class DataSequenceLayer(Layer):
         hashes = _content_hash(items)
         self._ensure_cache(data)
         rows = self._rows_for(labels)
+        if self._native_step(items, hashes, rows, labels, step, rng, top):
+            return
         stored_rows, stored_slots, stored_items = self._add(hashes, rows)
         self._cache[stored_rows, stored_slots] = items[stored_items]
         picks = self._draw(labels, rows, hashes, step, rng)
@@ -306,6 +310,38 @@ class DataSequenceLayer(Layer):
             out_labels.append(row_labels[r])
         if self.output_labels:
             top[2 + self.k].data[...] = xp.asarray(np.stack(out_labels, axis=1))
+
+    def _native_step(self, items, hashes, rows, labels, step, rng, top):
+        """The rest of the host step in one compiled call
+        (cpu_kernels.data_sequence_step; kernels/cpu/data_sequence.cpp):
+        the same draws, drawn here in _draw's order, the same choices and
+        tops as the NumPy code below it.  False (nothing done, nothing
+        drawn) when it cannot serve: no compiled loops, not float32, or a
+        top that is not a plain C-contiguous array."""
+        if (self.xp is not np or items.dtype != np.float32 or not items.flags.c_contiguous
+                or self._cache.dtype != np.float32 or cpu_kernels.library() is None
+                or not self._native_ok):
+            return False
+        n = len(labels)
+        image_tops = [t.data for t in top[:2 + self.k]]
+        labels_top = top[2 + self.k].data if self.output_labels else None
+        if any(not isinstance(a, np.ndarray) or a.dtype != np.float32
+               or not a.flags.c_contiguous for a in image_tops + (
+                   [labels_top] if labels_top is not None else [])):
+            return False
+        pos_keys = rng.random((n, self.cache_size))
+        negatives = [(rng.random((n, len(self._count))), rng.random(n))
+                     for _ in range(max(self.k, 1))]
+        code = cpu_kernels.data_sequence_step(
+            items, np.ascontiguousarray(hashes, np.uint64), np.ascontiguousarray(rows, np.int64),
+            self._cache, self._hash, self._count, self._cursor, self.k, self.balance, step,
+            pos_keys, negatives, image_tops, labels_top, np.ascontiguousarray(labels, np.int64),
+            np.asarray(self._row_labels, np.int64))
+        if code:   # the first item without a positive (> 0) or a negative (< 0)
+            no_positive, no_negative = np.zeros(n, bool), np.zeros(n, bool)
+            (no_positive if code > 0 else no_negative)[abs(code) - 1] = True
+            self._check(labels, no_positive, no_negative)
+        return True
 
     def _draw(self, labels, rows, hashes, step, rng):
         """The (cache rows, slots) of the positive/other and the negatives."""
