@@ -46,6 +46,13 @@ every worker the same, as one worker with the whole batch does -- and
 outputs its own rows of each top.  The caches therefore stay identical on
 every worker and a snapshot from any of them resumes any other.
 
+Host path: the labels' cache rows, the content hashes and the random draws
+are made in Python (the draws in a fixed order, whatever the data); with
+float32 images and the compiled CPU loops, the rest -- the rings, the picks
+and the tops -- is one call (kernels/cpu/data_sequence.cpp), which makes
+the NumPy code's choices bit for bit (``_native_ok = False`` runs that
+code; tests compare the two).
+
 Kernel path (kernels/data_sequence.cu): the caches live on the device.  Per
 forward: one launch hashes the batch's items (a 64-bit content hash, see
 :func:`_row_hash`) and rounds the labels, and those 16 bytes per item are the
