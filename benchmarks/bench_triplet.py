@@ -597,6 +597,9 @@ def parse(argv):
                    "process, blocks of steps alternating the counts (see paired_worker)")
     p.add_argument("--blocks", type=int, default=60,
                    help="blocks per thread count with --paired (default 60)")
+    p.add_argument("--pool", nargs="+", metavar="JSON",
+                   help="print the scaling of earlier --paired results files pooled (every "
+                   "block pair of every file), then exit")
     p.add_argument("--repeat", type=int, default=1,
                    help="with --paired: rounds of workers, the engines interleaved in time; "
                    "the ratios of every round are pooled (default 1)")
@@ -613,8 +616,40 @@ def parse(argv):
     return args
 
 
+def pool_paired(paths, progress=print):
+    """The pooled scaling of --paired results files: per case and engine
+    the median (min-max) of every file's block-pair ratios together, beside
+    each file's own median.  Returns {case: {engine: spread}}."""
+    import json
+    pooled, per_file = {}, {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        if "scaling" not in record:
+            raise SystemExit(f"bench_triplet: {path} holds no --paired results")
+        for case, by_engine in record["scaling"].items():
+            for engine, row in by_engine.items():
+                pooled.setdefault(case, {}).setdefault(engine, []).extend(row["ratios"])
+                per_file.setdefault(case, {}).setdefault(engine, []).append(
+                    row["ratio"]["median"])
+    out = {}
+    progress(f"Scaling pooled over {len(paths)} file(s) (median of every block pair, "
+             "min-max; each file's median after):")
+    for case, by_engine in pooled.items():
+        out[case] = {e: H.spread(r) for e, r in by_engine.items()}
+        progress(f"  {case:<9} " + "   ".join(
+            f"{H.ENGINE_NAMES[e]} {out[case][e]['median']:.2f}x "
+            f"({out[case][e]['min']:.2f}-{out[case][e]['max']:.2f}, "
+            f"{out[case][e]['n']} pairs; files "
+            + "/".join(f"{m:.2f}" for m in per_file[case][e]) + ")"
+            for e in by_engine))
+    return out
+
+
 def main(argv=None, default_json=RESULTS, script=os.path.abspath(__file__)):
     args = parse(argv)
+    if args.pool:
+        return pool_paired(args.pool)
     if args.engine:
         return paired_worker(args) if args.paired else worker(args)
     engines = list(args.engines)

@@ -44,6 +44,19 @@ def test_paired_rounds_pool_their_ratios(tmp_path, capsys):
     assert "round 2" in out and " rounds " in out
 
 
+def test_pool_merges_the_block_pairs_of_several_files(tmp_path, capsys):
+    bench = _bench()
+    paths = []
+    for i, ratios in enumerate(([1.5, 1.7, 1.9], [1.6, 2.0])):
+        record = {"scaling": {"lenet": {"layergraph": {"ratios": ratios,
+                                                       "ratio": bench.H.spread(ratios)}}}}
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(record))
+    out = bench.main(["--pool"] + [str(p) for p in paths])
+    assert out["lenet"]["layergraph"] == {"median": 1.7, "min": 1.5, "max": 2.0, "n": 5}
+    assert "files 1.70/1.80" in capsys.readouterr().out
+
+
 def test_paired_needs_two_thread_counts():
     bench = _bench()
     with pytest.raises(SystemExit):
