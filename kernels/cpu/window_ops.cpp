@@ -682,14 +682,7 @@ inline void dw_tiles(int out_ch, int taps, const Tile& tile) {
       default: break;
     }
   };
-  int o = 0;
-  for (; o + 4 <= out_ch; o += 4) taps_of(std::integral_constant<int, 4>(), o);
-  switch (out_ch - o) {
-#define LG_TAIL(B) case B: taps_of(std::integral_constant<int, B>(), o); break;
-    LG_TAIL(1) LG_TAIL(2) LG_TAIL(3)
-#undef LG_TAIL
-    default: break;
-  }
+  channel_blocks(out_ch, taps_of);
 }
 
 __attribute__((target("avx512f"))) void direct_dw_image(
