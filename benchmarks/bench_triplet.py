@@ -51,7 +51,8 @@ min-max (default JSON for all cases: benchmarks/results/
 bench_triplet_scaling.json).  ``--repeat R`` runs R rounds of those
 workers, the two engines' workers interleaved in time (a few minutes of
 drift then reaches both alike), and pools the ratios; each round's median
-is printed beside the pooled one.
+is printed beside the pooled one.  ``--pool FILE...`` prints the scaling of
+several such results files pooled (every block pair of every file).
 
 PyTorch is a dev-only reference (pip install torch==2.13.0), never a
 dependency of layergraph; without it only layergraph is timed.
