@@ -12,7 +12,8 @@ Prints per thread count the median of the paired time ratios base / new
 library's 2/1-thread scaling (median of the paired ratios).  Only the C++
 loops differ between the two; the Python side is the working tree's, so
 the two revisions must declare the same C functions with the same
-arguments (a changed signature needs the A/B done before the change).
+arguments: a base whose ``extern "C"`` definitions differ is refused (a
+changed signature needs the A/B done before the change).
 """
 import argparse
 import os
@@ -34,9 +35,28 @@ import numpy as np  # noqa: E402
 import bench_triplet as B  # noqa: E402
 
 
+def c_interface(kernels):
+    """{function: its parameter list} of the ``extern "C"`` definitions in
+    kernels/cpu/*.cpp under ``kernels`` (a macro's ``lg_x_##SUFFIX`` as
+    ``lg_x_``), whitespace and line continuations dropped."""
+    import glob
+    import re
+    found = {}
+    for path in sorted(glob.glob(os.path.join(kernels, "cpu", "*.cpp"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read().replace("\\\n", " ")
+        for name, params in re.findall(r'extern "C"\s+[\w\s*]*?\b(lg_\w+)[#\w]*\s*\(([^)]*)\)',
+                                       text):
+            found[name] = " ".join(params.split())
+    return found
+
+
 def base_library(rev):
-    """The loops of kernels/ at git revision ``rev``, compiled and loaded."""
+    """The loops of kernels/ at git revision ``rev``, compiled and loaded.
+    Refused when their C interface differs from the working tree's: the
+    Python side (the working tree's) would call them with other arguments."""
     from layergraph import cpu_kernels
+    from layergraph.kernels import kernel_dir
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "kernels"],
                                  capture_output=True)
@@ -44,6 +64,12 @@ def base_library(rev):
             raise SystemExit(f"ab_kernels: git archive {rev}: "
                              f"{archive.stderr.decode().strip()}")
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        base, ours = c_interface(os.path.join(tmp, "kernels")), c_interface(kernel_dir())
+        differ = sorted(name for name in set(base) | set(ours) if base.get(name) != ours.get(name))
+        if differ:
+            raise SystemExit(f"ab_kernels: kernels/cpu at {rev} declares other C functions or "
+                             f"arguments than the working tree's ({', '.join(differ)}): an A/B "
+                             "in one process needs the same interface")
         path = cpu_kernels.compile_sources(os.path.join(tmp, "kernels"))
     return path, cpu_kernels.load(path)
 

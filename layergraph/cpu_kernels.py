@@ -340,6 +340,15 @@ def data_sequence_step(items, hashes, rows, cache, cache_hash, count, cursor, k,
         raise ValueError("data_sequence_step: float32 C-contiguous images and tops")
     if len(negatives) != max(k, 1) or len(tops) != 2 + k:
         raise ValueError("data_sequence_step: one key pair per negative, 2 + k image tops")
+    shapes_ok = (
+        all(t.size == n * d for t in tops) and cache.ndim == 3 and cache.shape[2] == d
+        and cache_hash.shape == (rows_, cs) and count.shape == cursor.shape == (rows_,)
+        and hashes.shape == rows.shape == labels.shape == (n,) and row_labels.shape == (rows_,)
+        and pos_keys.shape == (n, cs) and (labels_top is None or labels_top.size == n * (2 + k))
+        and all(np.shape(a) == (n, rows_) and np.shape(u) == (n,) for a, u in negatives)
+        and (n == 0 or (rows.min() >= 0 and rows.max() < rows_)))
+    if not shapes_ok:
+        raise ValueError("data_sequence_step: arrays of inconsistent shapes")
     for a, dtype in ((hashes, np.uint64), (cache_hash, np.uint64), (rows, np.int64),
                      (count, np.int64), (cursor, np.int64), (labels, np.int64),
                      (row_labels, np.int64), (pos_keys, np.float64)):

@@ -1,6 +1,8 @@
 """The compiled CPU loops (kernels/cpu/window_ops.cpp) against the NumPy
 reference path of Convolution and Pooling, and the NumPy path's own
 gradient checks (the rest of the suite runs the compiled path)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -540,6 +542,29 @@ def test_compile_sources_is_the_loaded_library():
     path = cpu_kernels.compile_sources(kernel_dir())
     assert path == cpu_kernels.library()._name
     assert cpu_kernels.load(path).lg_get_threads() >= 1
+
+
+def test_ab_kernels_compares_the_c_interfaces(tmp_path):
+    """benchmarks/ab_kernels.py refuses a base whose C functions or
+    arguments differ from the working tree's (the Python side would call
+    them wrongly): the interface it reads off the sources."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "ab_kernels", os.path.join(root, "benchmarks", "ab_kernels.py"))
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    from layergraph.kernels import kernel_dir
+    ours = ab.c_interface(kernel_dir())
+    assert ours["lg_ip_backward_parts_f32"].endswith("float* w_diff, float* b_diff, float* dx")
+    assert ours["lg_im2col_"].startswith("const T* x, i64 n, int c")    # (a macro's)
+    assert {"lg_data_sequence_f32", "lg_sgd_update_many_", "lg_set_threads"} <= set(ours)
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "a.cpp").write_text(
+        'extern "C" void lg_f(int a,\n    float* b) {}\n#define X(S) \\\n'
+        '  extern "C" int lg_g_##S(const T* x, \\\n   i64 n) { return 0; }\n')
+    assert ab.c_interface(str(tmp_path)) == {"lg_f": "int a, float* b",
+                                            "lg_g_": "const T* x, i64 n"}
 
 
 def test_direct_convolution_refuses_large_windows():

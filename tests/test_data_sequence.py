@@ -221,22 +221,28 @@ def test_parameter_errors():
 def _both_paths(params, n_tops, batches, seed=5):
     """Each batch through the compiled host step and through the NumPy code
     (float32 layers, the same seed): tops per batch, the final caches'
-    state, or the error each raised."""
+    state, or the error each raised -- checking that each path ran."""
     from layergraph import cpu_kernels
+    if cpu_kernels.library() is None:
+        pytest.skip("no compiled loops here")
     out = []
     for native in (True, False):
         spec = f'name: "seq" type: "DataSequence" data_sequence_param {{ {params} }}'
         layer = make_layer(spec, seed=seed, dtype=np.float32)
-        layer._native_ok = native
+        layer.native_step = native
+        calls = []
+        step = cpu_kernels.data_sequence_step
         try:
+            cpu_kernels.data_sequence_step = lambda *a: calls.append(1) or step(*a)
             tops = run(layer, n_tops, [(x.astype(np.float32), y) for x, y in batches])
         except LayerError as e:
             tops = str(e)
+        finally:
+            cpu_kernels.data_sequence_step = step
+        assert bool(calls) == native
         state = (layer._cache.copy(), layer._hash.copy(), layer._count.copy(),
                  layer._cursor.copy())
         out.append((tops, state))
-    if cpu_kernels.library() is None:
-        pytest.skip("no compiled loops here")
     return out
 
 
@@ -251,6 +257,10 @@ def test_compiled_step_makes_the_numpy_choices(params, n_tops):
     same tops (images and labels) bit for bit, batch after batch, and the
     same caches, counts and cursors after."""
     batches, _ = make_batches(7, n=13, labels=(0, 1, 2, 3, 4), shape=(1, 3, 2))
+    # first: labels 5 and 6 seen once each (the anchor is its own positive)
+    rng = np.random.default_rng(8)
+    batches.insert(0, (rng.random((13, 1, 3, 2)),
+                       np.array([5., 0, 0, 6, 1, 1, 2, 2, 3, 3, 4, 4, 0])))
     (native, native_state), (ref, ref_state) = _both_paths(params, n_tops, batches)
     assert not isinstance(native, str) and not isinstance(ref, str)
     for a, b in zip(native, ref):
@@ -267,6 +277,22 @@ def test_compiled_step_raises_the_numpy_errors():
     x = rng.random((4, 1, 2, 2))
     x[3] = x[0]
     for batches in ([(x, np.array([0., 1, 1, 0]))], [(rng.random((4, 1, 2, 2)), np.zeros(4))]):
-        (native, _), (ref, _) = _both_paths("k: 1 cache_size: 4 output_labels: false", 3,
-                                            batches)
+        (native, native_state), (ref, ref_state) = _both_paths(
+            "k: 1 cache_size: 4 output_labels: false", 3, batches)
         assert isinstance(native, str) and native == ref
+        for u, v in zip(native_state, ref_state):   # the batch stored before the error
+            np.testing.assert_array_equal(u, v)
+
+
+def test_numpy_reference_inside_cpu_kernels_disabled():
+    """Set up inside cpu_kernels.disabled() (the NumPy reference of every
+    compiled loop), the layer takes its NumPy code too."""
+    from layergraph import cpu_kernels
+    batches, _ = make_batches(2)
+    with cpu_kernels.disabled():
+        layer, n_tops = sequence_layer("k: 1 cache_size: 4", 4)
+        bottom, top = setup_layer(layer, [b.astype(np.float32) for b in batches[0]], n_tops)
+    assert not layer._compiled
+    layer.native_step = True
+    layer.reshape(bottom, top)
+    assert layer._compiled == (cpu_kernels.library() is not None)

@@ -43,7 +43,7 @@ inline i64 wrap(i64 a, i64 m) { return ((a % m) + m) % m; }
 // (n, d) each, labels_top (n, 2 + k) or null, written from labels (n) and
 // row_labels (R).  Returns 0, or 1 + i when item i has no positive
 // different from itself, or -(1 + i) when it has no negative (the first
-// such item); then no top is written.
+// such item); then the caches are updated but no top is written.
 extern "C" i64 lg_data_sequence_f32(
     i64 n, i64 d, const float* items, const uint64_t* hashes, const i64* rows, i64 R, i64 cs,
     float* cache, uint64_t* cache_hash, i64* count, i64* cursor, int k, int balance, i64 step,
@@ -110,16 +110,16 @@ extern "C" i64 lg_data_sequence_f32(
       if (!neg_all && no_negative < 0) no_negative = i;
     }
   }
-  if (no_positive >= 0) return 1 + no_positive;
-  if (no_negative >= 0) return -(1 + no_negative);
-  // copies: the batch into the caches, then the tops (a pick may be an
-  // image stored just now)
+  // the batch into the caches (also before an error: the NumPy path has
+  // stored it then too), then the tops (a pick may be an image stored just now)
   const size_t bytes = sizeof(float) * (size_t)d;
   const i64 stored = (i64)store_item.size();
   parallel_for(stored, [&](i64 b, i64 e) {
     for (i64 j = b; j < e; ++j)
       std::memcpy(cache + store_at[j] * d, items + store_item[j] * d, bytes);
   }, 16);
+  if (no_positive >= 0) return 1 + no_positive;
+  if (no_negative >= 0) return -(1 + no_negative);
   const int image_tops = 2 + k;   // anchor, positive (or other), negatives
   parallel_for(image_tops * n, [&](i64 b, i64 e) {
     for (i64 j = b; j < e; ++j) {

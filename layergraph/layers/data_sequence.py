@@ -50,7 +50,7 @@ Host path: the labels' cache rows, the content hashes and the random draws
 are made in Python (the draws in a fixed order, whatever the data); with
 float32 images and the compiled CPU loops, the rest -- the rings, the picks
 and the tops -- is one call (kernels/cpu/data_sequence.cpp), which makes
-the NumPy code's choices bit for bit (``_native_ok = False`` runs that
+the NumPy code's choices bit for bit (``native_step = False`` runs that
 code; tests compare the two).
 
 Kernel path (kernels/data_sequence.cu): the caches live on the device.  Per
@@ -121,6 +121,9 @@ class DataSequenceLayer(Layer):
     exact_bottoms = 2
     label_bottoms = (1,)
     has_backward = False
+    #: False: the host path always runs its NumPy code (the reference the
+    #: compiled step is tested against)
+    native_step = True
 
     # ------------------------------------------------------- parameters --
     def setup(self, bottom, top):
@@ -146,8 +149,7 @@ class DataSequenceLayer(Layer):
                              f"output_labels={self.output_labels}; got {len(top)}")
         self._reset_cache()
         self._top_table = PointerTable(self.xp)  # kernel path: the image tops
-        #: the host step as one compiled call where it can (False: the NumPy code)
-        self._native_ok = True
+        self._compiled = False    # the host step as one compiled call (see reshape)
         self._comm = None         # data-parallel: the workers' communicator
         self._global_tops = []    # data-parallel: the tops of the global batch
 
@@ -169,6 +171,9 @@ class DataSequenceLayer(Layer):
         if label.count != data.shape[0]:
             raise self.shape_error(f"label bottom {label.shape} must hold one label per item "
                                    f"of data {data.shape}")
+        # (decided here like the other layers' compiled loops, so that
+        # cpu_kernels.disabled() around set-up gives the NumPy reference)
+        self._compiled = self.native_step and cpu_kernels.available(np.float32)
         for t in top[:2 + self.k]:
             t.reshape(data.shape)
         if self.output_labels:
@@ -194,8 +199,9 @@ class DataSequenceLayer(Layer):
                 row = self._rows[y] = len(self._row_labels)
                 self._row_labels.append(y)
             rows[i] = row
-        self._index_rows()
         grow = len(self._row_labels) - len(self._count)
+        if grow > 0:
+            self._index_rows()
         if grow > 0:
             xp = self.xp
             self._cache = xp.concatenate(
@@ -323,11 +329,11 @@ class DataSequenceLayer(Layer):
         (cpu_kernels.data_sequence_step; kernels/cpu/data_sequence.cpp):
         the same draws, drawn here in _draw's order, the same choices and
         tops as the NumPy code below it.  False (nothing done, nothing
-        drawn) when it cannot serve: no compiled loops, not float32, or a
-        top that is not a plain C-contiguous array."""
-        if (self.xp is not np or items.dtype != np.float32 or not items.flags.c_contiguous
-                or self._cache.dtype != np.float32 or cpu_kernels.library() is None
-                or not self._native_ok):
+        drawn) when it cannot serve: no compiled loops (or native_step
+        False), not float32, or a top that is not a plain C-contiguous
+        array."""
+        if (not self._compiled or self.xp is not np or items.dtype != np.float32
+                or not items.flags.c_contiguous or self._cache.dtype != np.float32):
             return False
         n = len(labels)
         image_tops = [t.data for t in top[:2 + self.k]]
