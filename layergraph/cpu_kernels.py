@@ -335,9 +335,14 @@ def data_sequence_step(items, hashes, rows, cache, cache_hash, count, cursor, k,
     every array C-contiguous."""
     n, d = items.shape
     rows_, cs = cache.shape[0], cache.shape[1]
-    arrays = [items, cache] + list(tops) + ([labels_top] if labels_top is not None else [])
-    if any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays):
-        raise ValueError("data_sequence_step: float32 C-contiguous images and tops")
+    typed = [(a, np.float32) for a in [items, cache, *tops] + (
+        [labels_top] if labels_top is not None else [])] + [
+        (hashes, np.uint64), (cache_hash, np.uint64), (rows, np.int64), (count, np.int64),
+        (cursor, np.int64), (labels, np.int64), (row_labels, np.int64), (pos_keys, np.float64)]
+    for a, dtype in typed:
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            raise ValueError(f"data_sequence_step: {dtype.__name__} C-contiguous arrays "
+                             "(float32 images and tops)")
     if len(negatives) != max(k, 1) or len(tops) != 2 + k:
         raise ValueError("data_sequence_step: one key pair per negative, 2 + k image tops")
     shapes_ok = (
@@ -349,11 +354,6 @@ def data_sequence_step(items, hashes, rows, cache, cache_hash, count, cursor, k,
         and (n == 0 or (rows.min() >= 0 and rows.max() < rows_)))
     if not shapes_ok:
         raise ValueError("data_sequence_step: arrays of inconsistent shapes")
-    for a, dtype in ((hashes, np.uint64), (cache_hash, np.uint64), (rows, np.int64),
-                     (count, np.int64), (cursor, np.int64), (labels, np.int64),
-                     (row_labels, np.int64), (pos_keys, np.float64)):
-        if a.dtype != dtype or not a.flags.c_contiguous:
-            raise ValueError(f"data_sequence_step: {dtype.__name__} C-contiguous arrays")
     keys = [(np.ascontiguousarray(a, np.float64), np.ascontiguousarray(u, np.float64))
             for a, u in negatives]   # (held until the call returns)
     neg_keys, neg_u = addresses([a for a, _ in keys]), addresses([u for _, u in keys])

@@ -200,30 +200,26 @@ extern "C" void lg_conv_backward_parts_f32(
                rows[p] + k * o_g * cols + s * plane, cols, dcol[p] + k * k_g * cm, cm);
         geo.col2im(dcol[p], m, dxp + s * in_size);
       }
-      if (dxp && index && index[p])
-        for (i64 i = 0; i < n; ++i)
-          std::memcpy(dx + index[p][i] * in_size, dxp + i * in_size, sizeof(float) * in_size);
-      return;
-    }
-    if (recompute) geo.im2col(xp, n, col[p]);
-    for (int k = 0; k < geo.g; ++k)   // dw_t_k (K/g, O/g) = col_k (K/g, cols) @ rows_k^T
-      gemm(false, true, k_g, o_g, cols, col[p] + k * k_g * cols, cols, rows[p] + k * o_g * cols,
-           cols, dw_t[p] + k * k_g * o_g, o_g);
-    if (!dxp) return;
-    if (geo.g == 1) {                  // by chunks of images that stay in the cache
-      for (i64 s = 0; s < n; s += dcol_images) {
-        const i64 e = s + dcol_images < n ? s + dcol_images : n;
-        gemm(true, false, k_g, (e - s) * plane, geo.o, weight, k_g, rows[p] + s * plane, cols,
-             dcol[p], (e - s) * plane);
-        geo.col2im(dcol[p], e - s, dxp + s * in_size);
+    } else {                           // the part's columns whole
+      if (recompute) geo.im2col(xp, n, col[p]);
+      for (int k = 0; k < geo.g; ++k)   // dw_t_k (K/g, O/g) = col_k (K/g, cols) @ rows_k^T
+        gemm(false, true, k_g, o_g, cols, col[p] + k * k_g * cols, cols,
+             rows[p] + k * o_g * cols, cols, dw_t[p] + k * k_g * o_g, o_g);
+      if (dxp && geo.g == 1) {         // by chunks of images that stay in the cache
+        for (i64 s = 0; s < n; s += dcol_images) {
+          const i64 e = s + dcol_images < n ? s + dcol_images : n;
+          gemm(true, false, k_g, (e - s) * plane, geo.o, weight, k_g, rows[p] + s * plane,
+               cols, dcol[p], (e - s) * plane);
+          geo.col2im(dcol[p], e - s, dxp + s * in_size);
+        }
+      } else if (dxp) {
+        for (int k = 0; k < geo.g; ++k)
+          gemm(true, false, k_g, cols, o_g, weight + k * o_g * k_g, k_g,
+               rows[p] + k * o_g * cols, cols, dcol[p] + k * k_g * cols, cols);
+        geo.col2im(dcol[p], n, dxp);
       }
-    } else {
-      for (int k = 0; k < geo.g; ++k)
-        gemm(true, false, k_g, cols, o_g, weight + k * o_g * k_g, k_g, rows[p] + k * o_g * cols,
-             cols, dcol[p] + k * k_g * cols, cols);
-      geo.col2im(dcol[p], n, dxp);
     }
-    if (index && index[p])             // scatter the part's dx rows
+    if (dxp && index && index[p])      // scatter the part's dx rows
       for (i64 i = 0; i < n; ++i)
         std::memcpy(dx + index[p][i] * in_size, dxp + i * in_size, sizeof(float) * in_size);
   }, [&](int t, int nt) {              // w_diff and b_diff by output channels

@@ -507,7 +507,7 @@ class Convolution(Layer):
                 for i in indices:
                     if i is not None:
                         still[i] = False
-                idle = np.flatnonzero(still).astype(np.int64)
+                idle = np.ascontiguousarray(np.flatnonzero(still), np.int64)
         else:
             index = xa = dya = dxa = None
         addresses = cpu_kernels.addresses
@@ -516,8 +516,8 @@ class Convolution(Layer):
                 addresses([job[0].dw_t for job in jobs]),
                 addresses([job[0].dbias for job in jobs]),
                 addresses([job[0].dcol for job in jobs]), self._dcol_images, self._chunk)
-        if not any(gathers):   # every image: the same arguments next time
-            self._native_backward_args[(recompute, dx is not None)] = args
+        if not any(gathers):   # every image: the same arguments next time (recompute
+            self._native_backward_args[(self._direct, dx is not None)] = args  # is _direct)
         cpu_kernels.conv_backward_parts(x, dy, dx, self._native_geometry, self.blobs[0].data,
                                         *args, self.blobs[0].diff, bias)
 

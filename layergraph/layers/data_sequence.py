@@ -202,7 +202,6 @@ class DataSequenceLayer(Layer):
         grow = len(self._row_labels) - len(self._count)
         if grow > 0:
             self._index_rows()
-        if grow > 0:
             xp = self.xp
             self._cache = xp.concatenate(
                 [self._cache, xp.zeros((grow,) + self._cache.shape[1:], self._cache.dtype)])
