@@ -147,6 +147,9 @@ class Layer:
         self.blobs = []
         self._rng_step = 0
         self.net = None  # set by the Net (read-only use: e.g. iteration)
+        #: indices of this layer's tops that only Silence layers read (and so
+        #: no net output): a layer may leave them uncomputed (set by the Net)
+        self.unread_tops = frozenset()
 
     # ------------------------------------------------------- the contract --
     def setup(self, bottom, top):

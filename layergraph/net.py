@@ -401,12 +401,26 @@ class Net:
 
         self._prune_backward(param)
         self.outputs = [n for n in self.blobs if n not in consumed]
+        self._mark_unread_tops()
         self.params = collections.OrderedDict(
             (name, layer.blobs) for name, layer in zip(self.layer_names, self.layers)
             if layer.blobs)
         self._layer_index = {}
         for i, name in enumerate(self.layer_names):
             self._layer_index.setdefault(name, i)   # the first of duplicate names
+
+    def _mark_unread_tops(self):
+        """Tell each layer which of its tops only Silence layers read (no
+        work anybody needs: Decode's distances in a TRAIN net, say).  A top
+        read by nothing is a net output, and is read."""
+        readers = collections.defaultdict(list)   # id(blob) -> reader layer types
+        for i, bottoms in enumerate(self.bottom_vecs):
+            for b in bottoms:
+                readers[id(b)].append(self.layers[i].type)
+        for layer, tops in zip(self.layers, self.top_vecs):
+            layer.unread_tops = frozenset(
+                j for j, t in enumerate(tops)
+                if readers[id(t)] and all(kind == "Silence" for kind in readers[id(t)]))
 
     def _append_params(self, layer, lp):
         """Register the layer's parameter blobs; share them by ParamSpec name.

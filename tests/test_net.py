@@ -260,3 +260,35 @@ class Power:
         Net(parse_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 } } }'
                       'layer { name: "p" type: "Python" bottom: "x" top: "y" '
                       'python_param { module: "nope" layer: "X" } }'), pb.TEST)
+
+
+def test_a_top_only_silence_reads_is_not_computed():
+    """Decode's distances read by Silence alone (the templates' TRAIN nets)
+    are skipped -- the centroids still update, identically -- and computed
+    as soon as another layer reads them or they are a net output."""
+    feed = """
+    layer { name: "in" type: "Input" top: "x" top: "y"
+            input_param { shape { dim: 6 dim: 3 } shape { dim: 6 } } }
+    layer { name: "decode" type: "Decode" bottom: "x" bottom: "y" top: "d"
+            decode_param { pregen_label_count: 3 } }
+    """
+    tails = {"silenced": 'layer { name: "s" type: "Silence" bottom: "d" }',
+             "read": 'layer { name: "acc" type: "AccuracyDecode" bottom: "d" bottom: "y" '
+                     'top: "a" }',
+             "output": ""}
+    rng = np.random.default_rng(2)
+    batches = [(rng.standard_normal((6, 3)), rng.integers(0, 3, 6).astype(float))
+               for _ in range(3)]
+    nets = {k: Net(parse_net(feed + tail), pb.TRAIN, dtype=np.float64)
+            for k, tail in tails.items()}
+    for net in nets.values():
+        for x, y in batches:
+            net.forward(x=x, y=y)
+    decode = {k: net.layers[net.layer_names.index("decode")] for k, net in nets.items()}
+    assert decode["silenced"].unread_tops == {0}
+    assert not decode["read"].unread_tops and not decode["output"].unread_tops
+    assert not nets["silenced"].blobs["d"].data.any()        # never written
+    np.testing.assert_array_equal(nets["read"].blobs["d"].data, nets["output"].blobs["d"].data)
+    assert nets["read"].blobs["d"].data.any()
+    for k in ("silenced", "read"):                             # the same centroids
+        np.testing.assert_array_equal(decode[k].blobs[0].data, decode["output"].blobs[0].data)

@@ -12,6 +12,9 @@ Tops
                        (default 10, fixed at setup; labels must lie in [0, L)).
                        A class without a centroid/cached item yet, and every
                        label in ``ignore_labels``, gets NOT_READY = 1e30.
+                       Not computed when only Silence layers read it (the
+                       templates' TRAIN nets: the Net's ``unread_tops``),
+                       so a training step pays only for the update.
     centroids  (L, D)  optional (``output_centroids`` or simply a second top):
                        the class centroids (KNN: the mean of each class cache);
                        rows of classes not ready are 0, and all of it is 0
@@ -167,13 +170,15 @@ class Decode(Layer):
         xp = self.xp
         n = bottom[0].shape[0]
         x = bottom[0].data.reshape(n, self.dim)
-        if self.knn:
+        if 0 in self.unread_tops:
+            pass   # only Silence reads the distances (a TRAIN net): not computed
+        elif self.knn:
             fill = self.blobs[1].data.astype(xp.int64)
             dist = C.knn_distances(xp, x, self.blobs[0].data, fill, self.k)
             dist[:, ~self._ready()] = C.NOT_READY
+            top[0].data[...] = dist
         else:
-            dist = C.centroid_distances(xp, x, self.blobs[0].data, self._ready())
-        top[0].data[...] = dist
+            top[0].data[...] = C.centroid_distances(xp, x, self.blobs[0].data, self._ready())
 
         if self.update:
             labels = C.item_labels(self, bottom[1], bottom[0].shape)
@@ -220,7 +225,9 @@ class Decode(Layer):
         x = bottom[0].data
         state, counts, updates = (blob.data for blob in self.blobs[:3])
         cap = self.cache_size
-        if self.knn:
+        if 0 in self.unread_tops:
+            pass   # only Silence reads the distances: not computed
+        elif self.knn:
             size = n * L * cap
             if self._knn_scratch is None or self._knn_scratch.size != size:
                 self._knn_scratch = xp.empty((size,), dtype=xp.float32)
